@@ -1,0 +1,40 @@
+# odeserve: `make run` starts the embedded service, `make test` runs the suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test install lint format openapi migrate bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install migrate
+	$(BIN)/odeserve up
+
+migrate: install
+	$(BIN)/odeserve migrate
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check service workers tests benchmarks
+	$(BIN)/ruff format --check service workers tests benchmarks
+
+format: install
+	$(BIN)/ruff format service workers tests benchmarks
+	$(BIN)/ruff check --fix service workers tests benchmarks
+
+openapi: install
+	$(BIN)/python -m openapi.generate
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""odeserve: train and serve continuous-time generative models over REST."""

@@ -1,0 +1,214 @@
+"""Checkpoint directories: weights as a ``state_dict``, configs as JSON, never pickled modules.
+
+Layout of a checkpoint directory::
+
+    model.pt            state_dict (tensors only; loaded with weights_only=True)
+    config.json         model name, dim, model/solver/training configs, metrics, extra
+    optimizer.pt        optimizer state (optional, for resuming)
+    training_state.pt   iteration, RNG state, history, wall clock (optional, for resuming)
+    manifest.json       format version and the sha256 of every file; written last
+
+The directory is assembled beside its target and moved into place by rename, so a reader never
+sees a half-written checkpoint. ``digest`` (sha256 over the file hashes) is what the service stores
+to verify a checkpoint before serving it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from service.ml.errors import CheckpointError, OdeServeError
+from service.ml.models import DensityModel, build_model
+from service.ml.ode import SolverConfig
+from service.ml.training import TrainConfig, TrainState
+
+__all__ = ["FORMAT_VERSION", "LoadedCheckpoint", "checkpoint_digest", "load_checkpoint", "save_checkpoint"]
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: DensityModel
+    meta: dict[str, Any]
+    state: TrainState | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    digest: str = ""
+
+    @property
+    def train_config(self) -> TrainConfig | None:
+        raw = self.meta.get("training")
+        return TrainConfig.model_validate(raw) if raw else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _combine(files: dict[str, str]) -> str:
+    text = "\n".join(f"{name}:{files[name]}" for name in sorted(files))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def save_checkpoint(
+    directory: Path | str,
+    model: DensityModel,
+    *,
+    train_config: TrainConfig | None = None,
+    state: TrainState | None = None,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Write a checkpoint atomically (replacing any previous one); returns its digest."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, staging / "model.pt")
+        config = {
+            "format_version": FORMAT_VERSION,
+            **model.describe(),
+            "training": _jsonable(train_config),
+            "metrics": metrics or {},
+            "extra": extra or {},
+        }
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        if state is not None:
+            torch.save(state.optimizer_state, staging / "optimizer.pt")
+            torch.save(
+                {
+                    "iteration": state.iteration,
+                    "generator_state": state.generator_state,
+                    "history": state.history,
+                    "wall_s": state.wall_s,
+                },
+                staging / "training_state.pt",
+            )
+        files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
+        digest = _combine(files)
+        manifest = {"format_version": FORMAT_VERSION, "files": files, "digest": digest}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return digest
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
+        target.rename(old)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint at {directory.name}: {MANIFEST} is missing",
+            fix="train the run to completion or point at a directory written by odeserve",
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"corrupt {MANIFEST}: {exc}", fix="retrain the run") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"unsupported checkpoint format {manifest.get('format_version')!r}",
+            value=manifest.get("format_version"),
+            fix=f"this version reads format {FORMAT_VERSION}; retrain or upgrade odeserve",
+        )
+    return manifest
+
+
+def checkpoint_digest(directory: Path | str) -> str:
+    """Digest recomputed from the files on disk (not read from the manifest)."""
+    directory = Path(directory)
+    files = _read_manifest(directory)["files"]
+    return _combine({name: _sha256(directory / name) for name in files})
+
+
+def _verify(directory: Path, manifest: dict[str, Any], expected_digest: str | None) -> str:
+    for name, recorded in manifest["files"].items():
+        path = directory / name
+        if not path.is_file() or _sha256(path) != recorded:
+            raise CheckpointError(
+                f"checkpoint file {name} is missing or does not match its checksum",
+                fix="the checkpoint is corrupt; retrain the run",
+            )
+    digest = _combine(manifest["files"])
+    if expected_digest is not None and digest != expected_digest:
+        raise CheckpointError(
+            "checkpoint digest does not match the recorded one",
+            value=digest,
+            fix="the checkpoint was replaced or tampered with; retrain the run",
+        )
+    return digest
+
+
+def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"cannot read {path.name}: {exc}", fix="retrain the run") from None
+
+
+def load_checkpoint(
+    directory: Path | str,
+    *,
+    map_location: str | torch.device = "cpu",
+    expected_digest: str | None = None,
+    with_state: bool = False,
+) -> LoadedCheckpoint:
+    """Verify and load a checkpoint; the model is returned in eval mode."""
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    digest = _verify(directory, manifest, expected_digest)
+    meta = json.loads((directory / "config.json").read_text())
+    try:
+        model = build_model(
+            meta["model"], meta["model_config"], int(meta["dim"]), SolverConfig(**meta["solver"])
+        )
+        model.load_state_dict(_torch_load(directory / "model.pt", map_location))
+    except (KeyError, TypeError, ValueError, RuntimeError, OdeServeError) as exc:
+        raise CheckpointError(
+            f"checkpoint config does not match its weights: {exc}", fix="retrain the run"
+        ) from None
+    model.to(map_location).eval()
+    state = None
+    if with_state and (directory / "training_state.pt").is_file():
+        raw = _torch_load(directory / "training_state.pt", "cpu")
+        state = TrainState(
+            iteration=int(raw["iteration"]),
+            model_state={k: v.clone() for k, v in model.state_dict().items()},
+            optimizer_state=_torch_load(directory / "optimizer.pt", "cpu"),
+            generator_state=raw["generator_state"],
+            history=list(raw["history"]),
+            wall_s=float(raw["wall_s"]),
+        )
+    return LoadedCheckpoint(
+        model=model, meta=meta, state=state, metrics=meta.get("metrics", {}), digest=digest
+    )

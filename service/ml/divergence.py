@@ -1,0 +1,47 @@
+"""Divergence ``tr(df/dx)`` of the dynamics: the quantity a CNF integrates for its log-density.
+
+Two estimators (FFJORD, arXiv:1810.01367, section 3):
+
+* ``exact``: the trace of the exact Jacobian. :class:`~service.ml.nets.ODENet` carries the Jacobian
+  forward through its layers, so this costs about ``D + 1`` forward passes and no autograd.
+* ``hutchinson``: ``e^T (df/dx) e`` with noise ``e`` fixed for one solve (Gaussian or Rademacher);
+  unbiased, one vector-Jacobian product per evaluation, the choice for large ``D``.
+
+``brute_force_divergence`` (one autograd pass per dimension) is the reference used by the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["brute_force_divergence", "hutchinson_divergence", "sample_noise"]
+
+NoiseKind = Literal["gaussian", "rademacher"]
+
+
+def sample_noise(
+    shape: tuple[int, ...], kind: NoiseKind, generator: torch.Generator | None, like: Tensor
+) -> Tensor:
+    """Hutchinson probe vectors with ``E[e e^T] = I``, shape ``shape``."""
+    if kind == "gaussian":
+        return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+    bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
+    return bits.to(like.dtype) * 2 - 1
+
+
+def hutchinson_divergence(f: Tensor, x: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+    """Returns ``(e^T J e, |e^T J|^2)``, each shape ``(B,)``; ``f`` must be computed from ``x``."""
+    (vjp,) = torch.autograd.grad(f, x, noise, create_graph=True)
+    return (vjp * noise).sum(dim=-1), (vjp * vjp).sum(dim=-1)
+
+
+def brute_force_divergence(f: Tensor, x: Tensor) -> Tensor:
+    """Exact ``tr(df/dx)`` by ``D`` autograd passes; shapes ``(B, D)`` -> ``(B,)``."""
+    total = torch.zeros(f.shape[0], dtype=f.dtype, device=f.device)
+    for i in range(f.shape[1]):
+        (row,) = torch.autograd.grad(f[:, i].sum(), x, create_graph=True)
+        total = total + row[:, i]
+    return total

@@ -1,0 +1,56 @@
+"""Model registry: ``MODELS`` maps the names users choose to model classes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from service.ml.errors import ConfigError, UnknownNameError
+from service.ml.models.base import DensityModel, LossOutput
+from service.ml.models.ffjord import FFJORD, FFJORDConfig
+from service.ml.ode import SolverConfig
+
+__all__ = ["MODELS", "DensityModel", "FFJORDConfig", "LossOutput", "build_model", "parse_model_config"]
+
+MODELS: dict[str, type[DensityModel]] = {
+    FFJORD.name: FFJORD,
+}
+
+
+def model_class(name: str) -> type[DensityModel]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownNameError("model", name, list(MODELS)) from None
+
+
+def parse_model_config(name: str, config: Mapping[str, Any] | BaseModel | None) -> BaseModel:
+    """Validate a model config dict against the named model's config class."""
+    cls = model_class(name)
+    if isinstance(config, cls.config_class):
+        return config
+    raw = config.model_dump() if isinstance(config, BaseModel) else dict(config or {})
+    try:
+        return cls.config_class.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "model_config"
+        raise ConfigError(
+            f"invalid model_config for {name}: {where}: {first['msg']}",
+            value=first.get("input"),
+            fix=f"see the {cls.config_class.__name__} fields in the API docs",
+            field=f"model_config.{where}",
+        ) from None
+
+
+def build_model(
+    name: str,
+    config: Mapping[str, Any] | BaseModel | None,
+    dim: int,
+    solver: SolverConfig | None = None,
+) -> DensityModel:
+    """Instantiate a registered model for data of dimension ``dim``."""
+    cls = model_class(name)
+    return cls(parse_model_config(name, config), dim, solver or SolverConfig())

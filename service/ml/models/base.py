@@ -1,0 +1,69 @@
+"""The one model contract: every registered model is a ``DensityModel``.
+
+A model is built from ``(config, dim, solver)``; it reports log-densities (or a likelihood bound),
+draws samples with an explicit ``torch.Generator``, computes its own training loss on a batch and
+evaluates itself on held-out data. The training loop, checkpoints, API and worker use nothing else,
+so adding a model is one file plus one registry line.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor, nn
+
+from service.ml.ode import NfeCounter, SolverConfig
+
+__all__ = ["DensityModel", "LossOutput"]
+
+
+@dataclass
+class LossOutput:
+    """A scalar loss to minimise plus named floats for the progress log."""
+
+    loss: Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class DensityModel(nn.Module, ABC):
+    """Base class. Subclasses set ``name``, ``config_class`` and ``data_kind``."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[BaseModel]]
+    data_kind: ClassVar[str] = "points"
+
+    def __init__(self, config: BaseModel, dim: int, solver: SolverConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.dim = dim
+        self.solver = solver
+        self.nfe = NfeCounter()
+
+    @abstractmethod
+    def log_prob(self, x: Any) -> Tensor:
+        """Log-density (or its lower bound) of each item of a batch, shape ``(B,)``."""
+
+    @abstractmethod
+    def sample(self, n: int, generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
+        """``n`` samples drawn with ``generator``."""
+
+    @abstractmethod
+    def training_loss(self, batch: Any, generator: torch.Generator, iteration: int) -> LossOutput:
+        """Loss of one training batch; randomness only from ``generator``."""
+
+    @abstractmethod
+    def evaluate(self, data: Any, generator: torch.Generator) -> dict[str, float]:
+        """Held-out metrics, at least ``test_nll`` (nats per item)."""
+
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint needs to rebuild this model."""
+        return {
+            "model": self.name,
+            "dim": self.dim,
+            "model_config": self.config.model_dump(mode="json"),
+            "solver": self.solver.model_dump(mode="json"),
+        }

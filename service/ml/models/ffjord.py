@@ -1,0 +1,217 @@
+"""FFJORD: a continuous normalizing flow with free-form dynamics (Grathwohl et al., arXiv:1810.01367).
+
+Data ``x`` sits at ``t = 0`` and the standard normal base at ``t = T``. With ``dx/dt = f(t, x)``:
+
+    log p(x) = log N(z(T); 0, I) + integral_0^T tr(df/dx)(t, x(t)) dt
+
+Training integrates the configured divergence estimator (exact or Hutchinson) and may add the RNODE
+penalties (kinetic energy and Jacobian Frobenius norm, Finlay et al., arXiv:2002.02798). ``log_prob``
+always uses the exact trace, so served densities carry no estimator noise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor, nn
+
+from service.ml.divergence import hutchinson_divergence, sample_noise
+from service.ml.models.base import DensityModel, LossOutput
+from service.ml.nets import ODENet, build_odenet
+from service.ml.ode import SolverConfig, solve
+
+__all__ = ["FFJORD", "FFJORDConfig"]
+
+LOG_2PI = math.log(2 * math.pi)
+EVAL_CHUNK = 8192
+
+
+class FFJORDConfig(BaseModel):
+    """Architecture and estimator choices of an FFJORD model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hidden_dims: tuple[int, ...] = Field(
+        (64, 64, 64), min_length=1, max_length=8, description="Widths of the hidden layers."
+    )
+    time_conditioning: Literal["concatsquash", "positional"] = Field(
+        "concatsquash", description="How t enters the net: concat-squash layers or sin/cos encoding."
+    )
+    num_frequencies: int = Field(4, ge=1, le=16, description="Frequencies of the positional encoding.")
+    activation: Literal["tanh", "softplus", "elu", "relu"] = "tanh"
+    divergence: Literal["exact", "hutchinson"] = Field(
+        "exact", description="Trace estimator used in training (serving always uses exact)."
+    )
+    hutchinson_noise: Literal["gaussian", "rademacher"] = "gaussian"
+    integration_time: float = Field(0.5, gt=0, le=100, description="Initial end time T.")
+    learn_integration_time: bool = Field(True, description="Train T along with the net.")
+    kinetic_weight: float = Field(0.0, ge=0, le=1e3, description="RNODE kinetic-energy weight.")
+    jacobian_weight: float = Field(0.0, ge=0, le=1e3, description="RNODE Jacobian-norm weight.")
+
+    @field_validator("hidden_dims")
+    @classmethod
+    def _widths(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(w < 1 or w > 1024 for w in value):
+            raise ValueError("each hidden width must be between 1 and 1024")
+        return value
+
+    @field_validator("integration_time", "kinetic_weight", "jacobian_weight")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @property
+    def regularized(self) -> bool:
+        return self.kinetic_weight > 0 or self.jacobian_weight > 0
+
+
+class CNFDynamics(nn.Module):
+    """Right-hand side of the augmented ODE.
+
+    State ``x`` alone (shape ``(B, D)``) gives the plain flow; ``(x, logdet)`` adds the divergence;
+    ``(x, logdet, kinetic, frobenius)`` adds the RNODE integrands. Extra entries have shape ``(B,)``.
+    """
+
+    def __init__(self, net: ODENet) -> None:
+        super().__init__()
+        self.net = net
+        self.estimator: str = "exact"
+        self.noise: Tensor | None = None
+
+    def forward(self, t: Tensor, state: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
+        if isinstance(state, Tensor):
+            return self.net(t, state)
+        x = state[0]
+        if self.estimator == "exact":
+            f, jac = self.net.forward_with_jacobian(t, x)
+            div = jac.diagonal(dim1=-2, dim2=-1).sum(-1)
+            frob = jac.square().sum(dim=(-2, -1)) if len(state) > 2 else None
+        else:
+            f, div, frob = self._hutchinson(t, x)
+        if len(state) == 2:
+            return f, div
+        return f, div, f.square().sum(-1), frob
+
+    def _hutchinson(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.noise is None or self.noise.shape != x.shape:
+            raise RuntimeError("Hutchinson noise must be set for each solve")
+        grad_outside = torch.is_grad_enabled()
+        with torch.enable_grad():
+            # Outside a graph (no-grad serving, or torchdiffeq's no-grad views in the adjoint pass)
+            # differentiate with respect to a fresh leaf.
+            if not grad_outside or not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            f = self.net(t, x)
+            div, frob = hutchinson_divergence(f, x, self.noise)
+        if not grad_outside:
+            return f.detach(), div.detach(), frob.detach()
+        return f, div, frob
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """``log N(z; 0, I)`` per row: ``(B, D) -> (B,)``."""
+    return -0.5 * (z.square().sum(-1) + z.shape[-1] * LOG_2PI)
+
+
+class FFJORD(DensityModel):
+    """FFJORD density model for data of any dimension ``D >= 1``."""
+
+    name = "ffjord"
+    config_class = FFJORDConfig
+    data_kind = "points"
+
+    def __init__(self, config: FFJORDConfig, dim: int, solver: SolverConfig) -> None:
+        super().__init__(config, dim, solver)
+        self.config: FFJORDConfig = config
+        net = build_odenet(
+            dim,
+            config.hidden_dims,
+            config.activation,
+            config.time_conditioning,
+            config.num_frequencies,
+        )
+        self.dynamics = CNFDynamics(net)
+        self.sqrt_end_time = nn.Parameter(
+            torch.tensor(math.sqrt(config.integration_time)),
+            requires_grad=config.learn_integration_time,
+        )
+
+    @property
+    def end_time(self) -> Tensor:
+        return self.sqrt_end_time.square()
+
+    def _times(self, reverse: bool, like: Tensor) -> Tensor:
+        zero = torch.zeros((), dtype=like.dtype, device=like.device)
+        end = self.end_time.to(like)
+        return torch.stack([end, zero]) if reverse else torch.stack([zero, end])
+
+    def _to_base(
+        self, x: Tensor, estimator: str, generator: torch.Generator | None, regularize: bool
+    ) -> tuple[Tensor, ...]:
+        """Integrate data -> base; returns final ``(z, logdet[, kinetic, frobenius])``."""
+        self.dynamics.estimator = estimator
+        if estimator == "hutchinson":
+            self.dynamics.noise = sample_noise(
+                tuple(x.shape), self.config.hutchinson_noise, generator, x
+            )
+        zeros = x.new_zeros(x.shape[0])
+        state = (x, zeros, zeros, zeros) if regularize else (x, zeros)
+        out = solve(self.dynamics, state, self._times(False, x), self.solver, self.nfe)
+        return tuple(s[-1] for s in out)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact-trace log-density, ``(B, D) -> (B,)``."""
+        z, logdet = self._to_base(x, "exact", None, regularize=False)
+        return standard_normal_log_prob(z) + logdet
+
+    def sample(self, n: int, generator: torch.Generator | None = None, **_: Any) -> Tensor:
+        """``n`` samples, shape ``(n, D)``: base noise pushed from ``t = T`` back to ``t = 0``."""
+        z = self._base_noise(n, generator)
+        return solve(self.dynamics, z, self._times(True, z), self.solver, self.nfe)[-1]
+
+    def sample_with_log_prob(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Samples ``(n, D)`` and their log-density ``(n,)`` from one reverse solve."""
+        z = self._base_noise(n, generator)
+        self.dynamics.estimator = "exact"
+        state = (z, z.new_zeros(n))
+        x, reverse_logdet = solve(self.dynamics, state, self._times(True, z), self.solver, self.nfe)
+        return x[-1], standard_normal_log_prob(z) - reverse_logdet[-1]
+
+    def trajectory(self, points: Tensor, times: Tensor) -> Tensor:
+        """States along the flow, ``(len(times), B, D)``; ``points`` are the state at ``times[0]``.
+
+        Times are absolute, in ``[0, T]``: data lives at 0 and the base at ``T`` (``end_time``).
+        """
+        return solve(self.dynamics, points, times.to(points), self.solver, self.nfe)
+
+    def _base_noise(self, n: int, generator: torch.Generator | None) -> Tensor:
+        param = self.sqrt_end_time
+        return torch.randn(n, self.dim, generator=generator, dtype=param.dtype, device=param.device)
+
+    def training_loss(self, batch: Tensor, generator: torch.Generator, iteration: int) -> LossOutput:
+        regularize = self.config.regularized
+        out = self._to_base(batch, self.config.divergence, generator, regularize)
+        nll = -(standard_normal_log_prob(out[0]) + out[1]).mean()
+        loss = nll
+        stats = {"nll": float(nll.detach()), "end_time": float(self.end_time.detach())}
+        if regularize:
+            kinetic, frobenius = out[2].mean(), out[3].mean()
+            loss = loss + self.config.kinetic_weight * kinetic
+            loss = loss + self.config.jacobian_weight * frobenius
+            stats |= {"kinetic": float(kinetic.detach()), "jacobian": float(frobenius.detach())}
+        return LossOutput(loss=loss, stats=stats)
+
+    @torch.no_grad()
+    def evaluate(self, data: Tensor, generator: torch.Generator) -> dict[str, float]:
+        """Mean negative log-likelihood of held-out points (nats per point)."""
+        total = 0.0
+        for chunk in data.split(EVAL_CHUNK):
+            total += float(self.log_prob(chunk).sum())
+        return {"test_nll": -total / max(1, data.shape[0])}

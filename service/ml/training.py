@@ -1,0 +1,234 @@
+"""The training loop shared by every model: ``fit`` with progress, cancellation and exact resume.
+
+All randomness of a run (batches, Hutchinson probes, posterior samples) comes from one
+``torch.Generator`` seeded by ``TrainConfig.seed``; its state is part of ``TrainState``. A run stopped
+after iteration ``k`` and resumed from that state therefore ends with exactly the weights of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.ml.errors import SolverError, TrainingCanceled
+from service.ml.models import DensityModel, build_model
+from service.ml.ode import SolverConfig, solver_errors
+
+__all__ = [
+    "FitResult",
+    "ProgressEvent",
+    "TrainConfig",
+    "TrainState",
+    "TrainingData",
+    "fit",
+    "init_model",
+]
+
+EVAL_SEED_OFFSET = 7919  # evaluation draws from its own stream so it never shifts training's
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings of a run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    iterations: int = Field(1000, ge=1, le=200_000, description="Optimizer steps.")
+    batch_size: int = Field(256, ge=1, le=65_536, description="Items per step.")
+    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds init, batches and noise.")
+    eval_interval: int = Field(
+        0, ge=0, le=200_000, description="Evaluate test NLL every N steps (0: only at the end)."
+    )
+
+
+class TrainingData(Protocol):
+    """What ``fit`` needs from a dataset (``PointData`` and series data implement it)."""
+
+    test: Any
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Reported after every iteration."""
+
+    iteration: int
+    total: int
+    loss: float
+    nfe_forward: int
+    nfe_backward: int
+    wall_s: float
+    stats: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run bit-for-bit."""
+
+    iteration: int
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any]
+    generator_state: torch.Tensor
+    history: list[dict[str, float]]
+    wall_s: float
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    final_loss: float
+    metrics: dict[str, float]
+    iterations: int
+    wall_s: float
+    nfe_forward: int
+    nfe_backward: int
+    state: TrainState
+
+
+def init_model(
+    name: str,
+    model_config: Mapping[str, Any] | BaseModel | None,
+    dim: int,
+    solver: SolverConfig | None,
+    seed: int,
+) -> DensityModel:
+    """Build a model whose initial weights depend only on ``seed`` (global RNG left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(name, model_config, dim, solver)
+
+
+def _optimizer(model: DensityModel, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _snapshot(
+    model: DensityModel,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    iteration: int,
+    history: list[dict[str, float]],
+    wall_s: float,
+) -> TrainState:
+    return TrainState(
+        iteration=iteration,
+        model_state={k: v.detach().clone() for k, v in model.state_dict().items()},
+        optimizer_state=optimizer.state_dict(),
+        generator_state=generator.get_state(),
+        history=list(history),
+        wall_s=wall_s,
+    )
+
+
+def _evaluate(model: DensityModel, data: TrainingData, config: TrainConfig) -> dict[str, float]:
+    generator = torch.Generator(device="cpu").manual_seed(config.seed + EVAL_SEED_OFFSET)
+    was_training = model.training
+    model.eval()
+    try:
+        metrics = dict(model.evaluate(data.test, generator))
+    finally:
+        model.train(was_training)
+    entropy = getattr(data, "entropy", None)
+    if entropy is not None and "test_nll" in metrics:
+        metrics["kl_to_truth"] = metrics["test_nll"] - float(entropy)
+    return metrics
+
+
+def fit(
+    model: DensityModel,
+    data: TrainingData,
+    config: TrainConfig,
+    *,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
+    resume: TrainState | None = None,
+) -> FitResult:
+    """Train ``model`` on ``data`` for ``config.iterations`` steps.
+
+    Raises:
+        TrainingCanceled: ``should_stop()`` returned True (checked before every step).
+        SolverError: the ODE solver failed or the loss became non-finite.
+    """
+    optimizer = _optimizer(model, config)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    history: list[dict[str, float]] = []
+    start_iteration, wall_offset = 0, 0.0
+    if resume is not None:
+        model.load_state_dict(resume.model_state)
+        optimizer.load_state_dict(resume.optimizer_state)
+        generator.set_state(resume.generator_state)
+        history = list(resume.history)
+        start_iteration, wall_offset = resume.iteration, resume.wall_s
+    model.train()
+    started = time.perf_counter()
+    metrics: dict[str, float] = {}
+    for iteration in range(start_iteration + 1, config.iterations + 1):
+        if should_stop is not None and should_stop():
+            raise TrainingCanceled(f"run canceled before iteration {iteration}", value=iteration)
+        optimizer.zero_grad(set_to_none=True)
+        out = model.training_loss(data.batch(config.batch_size, generator), generator, iteration)
+        loss_value = float(out.loss.detach())
+        if not math.isfinite(loss_value):
+            raise SolverError(
+                f"training diverged: loss is {loss_value} at iteration {iteration}",
+                value=loss_value,
+                fix="lower training.lr or tighten solver tolerances",
+                field="training.lr",
+            )
+        with solver_errors(model.solver):
+            out.loss.backward()
+        optimizer.step()
+        wall = wall_offset + time.perf_counter() - started
+        record = {
+            "iteration": iteration,
+            "wall_s": wall,
+            "loss": loss_value,
+            "nfe_forward": model.nfe.forward,
+            "nfe_backward": model.nfe.backward,
+            **{k: v for k, v in out.stats.items() if k not in ("loss",)},
+        }
+        if config.eval_interval and iteration % config.eval_interval == 0:
+            metrics = _evaluate(model, data, config)
+            record |= {k: v for k, v in metrics.items()}
+        history.append(record)
+        if on_progress is not None:
+            on_progress(
+                ProgressEvent(
+                    iteration=iteration,
+                    total=config.iterations,
+                    loss=loss_value,
+                    nfe_forward=model.nfe.forward,
+                    nfe_backward=model.nfe.backward,
+                    wall_s=wall,
+                    stats=dict(out.stats),
+                )
+            )
+        if on_checkpoint is not None and checkpoint_every and iteration % checkpoint_every == 0:
+            on_checkpoint(_snapshot(model, optimizer, generator, iteration, history, wall))
+    if not metrics or not history or "test_nll" not in history[-1]:
+        metrics = _evaluate(model, data, config)
+    wall = wall_offset + time.perf_counter() - started
+    tail = [h["loss"] for h in history[-10:]]
+    last = history[-1] if history else {}
+    return FitResult(
+        history=history,
+        final_loss=sum(tail) / len(tail) if tail else float("nan"),
+        metrics=metrics,
+        iterations=config.iterations,
+        wall_s=wall,
+        nfe_forward=int(last.get("nfe_forward", 0)),
+        nfe_backward=int(last.get("nfe_backward", 0)),
+        state=_snapshot(model, optimizer, generator, config.iterations, history, wall),
+    )
