@@ -168,8 +168,9 @@ def solver_errors(config: SolverConfig) -> Iterator[None]:
 
 def _fixed_grid(config: SolverConfig) -> Callable[[object, Tensor, Tensor], Tensor]:
     def grid(_func: object, _y0: Tensor, t: Tensor) -> Tensor:
-        span = float((t[-1] - t[0]).abs())
-        steps = max(1, math.ceil(span / config.step_size - 1e-9))
+        spans = (t[1:] - t[:-1]).detach().abs()
+        counts = [max(1, math.ceil(float(span) / config.step_size - 1e-9)) for span in spans]
+        steps = sum(counts)
         if steps > config.max_num_steps:
             raise SolverError(
                 f"step budget exhausted: {steps} fixed steps of {config.step_size:g} over "
@@ -178,10 +179,14 @@ def _fixed_grid(config: SolverConfig) -> Callable[[object, Tensor, Tensor], Tens
                 fix=_fix_hint(config),
                 field="solver.max_num_steps",
             )
-        # Keep requested output times on the grid so no interpolation error is introduced.
-        inner = torch.linspace(0.0, 1.0, steps + 1, dtype=t.dtype, device=t.device)
-        grid_t = t[0] + (t[-1] - t[0]) * inner
-        return torch.unique(torch.cat([grid_t, t.detach()])).sort().values
+        # Subdivide each requested interval so every output time lies exactly on the grid.
+        pieces = [t[:1]]
+        for i, count in enumerate(counts):
+            frac = torch.arange(1, count + 1, dtype=t.dtype, device=t.device) / count
+            piece = t[i] + (t[i + 1] - t[i]) * frac
+            piece[-1] = t[i + 1]
+            pieces.append(piece)
+        return torch.cat(pieces)
 
     return grid
 

@@ -8,6 +8,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -123,7 +124,7 @@ def _snapshot(
     return TrainState(
         iteration=iteration,
         model_state={k: v.detach().clone() for k, v in model.state_dict().items()},
-        optimizer_state=optimizer.state_dict(),
+        optimizer_state=copy.deepcopy(optimizer.state_dict()),  # Adam mutates in place
         generator_state=generator.get_state(),
         history=list(history),
         wall_s=wall_s,
