@@ -31,7 +31,13 @@ from service.ml.models import DensityModel, build_model
 from service.ml.ode import SolverConfig
 from service.ml.training import TrainConfig, TrainState
 
-__all__ = ["FORMAT_VERSION", "LoadedCheckpoint", "checkpoint_digest", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT_VERSION",
+    "LoadedCheckpoint",
+    "checkpoint_digest",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -83,7 +89,9 @@ def save_checkpoint(
     staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, staging / "model.pt")
+        torch.save(
+            {k: v.detach().cpu() for k, v in model.state_dict().items()}, staging / "model.pt"
+        )
         config = {
             "format_version": FORMAT_VERSION,
             **model.describe(),

@@ -77,10 +77,16 @@ class SolverConfig(BaseModel):
         False, description="Adjoint gradients (O(1) memory in the number of steps) vs backprop."
     )
     max_num_steps: int = Field(
-        1000, ge=1, le=100_000, description="Step budget; past it the solve fails with a clear error."
+        1000,
+        ge=1,
+        le=100_000,
+        description="Step budget; past it the solve fails with a clear error.",
     )
     step_size: float = Field(
-        0.05, gt=0, le=10, description="Step size of fixed-step methods (euler, midpoint, heun3, rk4)."
+        0.05,
+        gt=0,
+        le=10,
+        description="Step size of fixed-step methods (euler, midpoint, heun3, rk4).",
     )
 
     @field_validator("rtol", "atol", "step_size")
@@ -93,7 +99,9 @@ class SolverConfig(BaseModel):
     @model_validator(mode="after")
     def _tolerances_meaningful(self) -> SolverConfig:
         if SOLVERS[self.method].adaptive and self.rtol < 1e-13 and self.atol < 1e-13:
-            raise ValueError("rtol and atol below 1e-13 are beneath float64 resolution; use >= 1e-12")
+            raise ValueError(
+                "rtol and atol below 1e-13 are beneath float64 resolution; use >= 1e-12"
+            )
         return self
 
     @property
@@ -163,7 +171,9 @@ def solver_errors(config: SolverConfig) -> Iterator[None]:
             message = "the ODE state became non-finite (NaN or inf) during integration"
         else:
             message = f"the ODE solver failed: {text[:200]}"
-        raise SolverError(message, value=text[:200], fix=_fix_hint(config), field="solver") from None
+        raise SolverError(
+            message, value=text[:200], fix=_fix_hint(config), field="solver"
+        ) from None
 
 
 def _fixed_grid(config: SolverConfig) -> Callable[[object, Tensor, Tensor], Tensor]:

@@ -172,6 +172,8 @@ def fit(
         generator.set_state(resume.generator_state)
         history = list(resume.history)
         start_iteration, wall_offset = resume.iteration, resume.wall_s
+    else:
+        model.prepare(data)
     model.train()
     started = time.perf_counter()
     metrics: dict[str, float] = {}
@@ -191,13 +193,14 @@ def fit(
         with solver_errors(model.solver):
             out.loss.backward()
         optimizer.step()
+        nfe_forward, nfe_backward = model.nfe.forward, model.nfe.backward  # before evaluation
         wall = wall_offset + time.perf_counter() - started
         record = {
             "iteration": iteration,
             "wall_s": wall,
             "loss": loss_value,
-            "nfe_forward": model.nfe.forward,
-            "nfe_backward": model.nfe.backward,
+            "nfe_forward": nfe_forward,
+            "nfe_backward": nfe_backward,
             **{k: v for k, v in out.stats.items() if k not in ("loss",)},
         }
         if config.eval_interval and iteration % config.eval_interval == 0:
@@ -210,8 +213,8 @@ def fit(
                     iteration=iteration,
                     total=config.iterations,
                     loss=loss_value,
-                    nfe_forward=model.nfe.forward,
-                    nfe_backward=model.nfe.backward,
+                    nfe_forward=nfe_forward,
+                    nfe_backward=nfe_backward,
                     wall_s=wall,
                     stats=dict(out.stats),
                 )

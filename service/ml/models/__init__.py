@@ -12,7 +12,14 @@ from service.ml.models.base import DensityModel, LossOutput
 from service.ml.models.ffjord import FFJORD, FFJORDConfig
 from service.ml.ode import SolverConfig
 
-__all__ = ["MODELS", "DensityModel", "FFJORDConfig", "LossOutput", "build_model", "parse_model_config"]
+__all__ = [
+    "MODELS",
+    "DensityModel",
+    "FFJORDConfig",
+    "LossOutput",
+    "build_model",
+    "parse_model_config",
+]
 
 MODELS: dict[str, type[DensityModel]] = {
     FFJORD.name: FFJORD,

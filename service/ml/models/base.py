@@ -59,6 +59,9 @@ class DensityModel(nn.Module, ABC):
     def evaluate(self, data: Any, generator: torch.Generator) -> dict[str, float]:
         """Held-out metrics, at least ``test_nll`` (nats per item)."""
 
+    def prepare(self, data: Any) -> None:  # noqa: B027 - optional hook
+        """Called by ``fit`` once before the first step (e.g. to fit a data normalisation)."""
+
     def describe(self) -> dict[str, Any]:
         """What a checkpoint needs to rebuild this model."""
         return {
