@@ -81,8 +81,14 @@ def test_adjoint_and_backprop_gradients_agree(method: str) -> None:
     grads = []
     for adjoint in (False, True):
         func = Linear(a0.clone())
-        config = SolverConfig(method=method, rtol=1e-9, atol=1e-9, adjoint=adjoint, step_size=0.01,
-                              max_num_steps=10_000)
+        config = SolverConfig(
+            method=method,
+            rtol=1e-9,
+            atol=1e-9,
+            adjoint=adjoint,
+            step_size=0.01,
+            max_num_steps=10_000,
+        )
         out = solve(func, y0, t, config)
         (out[1:].square().sum()).backward()
         grads.append(func.a.grad.clone())
@@ -135,14 +141,20 @@ def test_non_finite_state_raises_solver_error() -> None:
             return y * y * 1e3
 
     with pytest.raises(SolverError):
-        solve(Blowup(), torch.ones(1, 1), torch.tensor([0.0, 10.0]), SolverConfig(method="euler",
-              step_size=0.5))
+        solve(
+            Blowup(),
+            torch.ones(1, 1),
+            torch.tensor([0.0, 10.0]),
+            SolverConfig(method="euler", step_size=0.5),
+        )
 
 
 def test_nfe_counted_separately_for_adjoint_backward() -> None:
     func = Linear(torch.tensor([[-1.0]]))
     counter = NfeCounter()
-    out = solve(func, torch.ones(1, 1), torch.tensor([0.0, 1.0]), SolverConfig(adjoint=True), counter)
+    out = solve(
+        func, torch.ones(1, 1), torch.tensor([0.0, 1.0]), SolverConfig(adjoint=True), counter
+    )
     forward_only = counter.forward
     assert forward_only > 0 and counter.backward == 0
     out[-1].sum().backward()

@@ -59,8 +59,14 @@ def test_resume_from_interrupted_run_gives_identical_weights() -> None:
     snapshots: list[TrainState] = []
     calls = iter(range(1000))
     with pytest.raises(TrainingCanceled):
-        fit(interrupted, data, CONFIG, should_stop=lambda: next(calls) >= 14,
-            checkpoint_every=5, on_checkpoint=snapshots.append)
+        fit(
+            interrupted,
+            data,
+            CONFIG,
+            should_stop=lambda: next(calls) >= 14,
+            checkpoint_every=5,
+            on_checkpoint=snapshots.append,
+        )
     assert [s.iteration for s in snapshots] == [5, 10]
 
     fresh = init_model("ffjord", SMALL, 2, SOLVER, seed=99)  # weights come from the snapshot
@@ -81,8 +87,14 @@ def test_resume_through_a_checkpoint_directory(tmp_path) -> None:
 
     with pytest.raises(TrainingCanceled):
         calls = iter(range(1000))
-        fit(model, data, CONFIG, should_stop=lambda: next(calls) >= 12, checkpoint_every=6,
-            on_checkpoint=save)
+        fit(
+            model,
+            data,
+            CONFIG,
+            should_stop=lambda: next(calls) >= 12,
+            checkpoint_every=6,
+            on_checkpoint=save,
+        )
     loaded = load_checkpoint(tmp_path / "ck", expected_digest=saved[-1], with_state=True)
     assert loaded.state is not None and loaded.state.iteration == 12
     assert loaded.train_config == CONFIG
