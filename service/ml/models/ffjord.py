@@ -9,6 +9,10 @@ log-determinant is added back exactly), so targets far from the origin need no l
 Training integrates the configured divergence estimator (exact or Hutchinson) and may add the RNODE
 penalties (kinetic energy and Jacobian Frobenius norm, Finlay et al., arXiv:2002.02798). ``log_prob``
 always uses the exact trace, so served densities carry no estimator noise.
+
+Serving: with gradients disabled and an adaptive ``solver.method``, ``log_prob``, ``sample`` and
+``sample_with_log_prob`` integrate with the lean dopri5 of :mod:`service.ml.inference` at the
+configured rtol/atol (any adaptive method maps to dopri5); training keeps torchdiffeq.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from service.ml.divergence import hutchinson_divergence, sample_noise
+from service.ml.inference import solve_inference
 from service.ml.models.base import DensityModel, LossOutput
 from service.ml.nets import ODENet, build_odenet
-from service.ml.ode import SolverConfig, solve
+from service.ml.ode import SolverConfig, State, solve
 
 __all__ = ["FFJORD", "FFJORDConfig"]
 
@@ -184,8 +189,14 @@ class FFJORD(DensityModel):
             )
         zeros = x.new_zeros(x.shape[0])
         state = (x, zeros, zeros, zeros) if regularize else (x, zeros)
-        out = solve(self.dynamics, state, self._times(False, x), self.solver, self.nfe)
+        out = self._solve(state, self._times(False, x))
         return tuple(s[-1] for s in out)
+
+    def _solve(self, state: State, times: Tensor) -> State:
+        """torchdiffeq when gradients are on; the lean no-grad dopri5 for adaptive serving solves."""
+        if not torch.is_grad_enabled() and self.solver.adaptive:
+            return solve_inference(self.dynamics, state, times, self.solver, self.nfe)
+        return solve(self.dynamics, state, times, self.solver, self.nfe)
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact-trace log-density, ``(B, D) -> (B,)``."""
@@ -195,7 +206,7 @@ class FFJORD(DensityModel):
     def sample(self, n: int, generator: torch.Generator | None = None, **_: Any) -> Tensor:
         """``n`` samples, shape ``(n, D)``: base noise pushed from ``t = T`` back to ``t = 0``."""
         z = self._base_noise(n, generator)
-        y = solve(self.dynamics, z, self._times(True, z), self.solver, self.nfe)[-1]
+        y = self._solve(z, self._times(True, z))[-1]
         return self._unstandardise(y)
 
     def sample_with_log_prob(
@@ -205,7 +216,7 @@ class FFJORD(DensityModel):
         z = self._base_noise(n, generator)
         self.dynamics.estimator = "exact"
         state = (z, z.new_zeros(n))
-        x, reverse_logdet = solve(self.dynamics, state, self._times(True, z), self.solver, self.nfe)
+        x, reverse_logdet = self._solve(state, self._times(True, z))
         log_prob = standard_normal_log_prob(z) - reverse_logdet[-1] - self._log_scale(z)
         return self._unstandardise(x[-1]), log_prob
 

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.<name> [--quick]`` writes ``benchmarks/results/<name>.{json,md}``."""
