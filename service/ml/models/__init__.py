@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from service.ml.errors import ConfigError, UnknownNameError
 from service.ml.models.base import DensityModel, LossOutput
 from service.ml.models.ffjord import FFJORD, FFJORDConfig
+from service.ml.models.latent_ode import LatentODE
 from service.ml.ode import SolverConfig
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
 
 MODELS: dict[str, type[DensityModel]] = {
     FFJORD.name: FFJORD,
+    LatentODE.name: LatentODE,
 }
 
 

@@ -1,0 +1,369 @@
+"""Latent ODE for irregularly sampled time series (Rubanova et al., arXiv:1907.03907).
+
+Generative model (Chen et al., arXiv:1806.07366, Sec. 5): ``z0 ~ N(0, I)``; ``z(t)`` solves
+``dz/dt = f(z)`` from ``t = 0`` (each series' first time); ``x(t) ~ N(decoder(z(t)), sigma^2 I)``
+with a fixed ``sigma`` (``obs_noise_std``). The recognition network runs backwards in time over the
+observed prefix of each series (GRU or ODE-RNN) and returns a Gaussian ``q(z0 | x_prefix)``.
+
+Units. Values are standardised per channel and times are rescaled so that the mean training series
+spans ``time_horizon``; both maps are fitted in ``prepare`` and stored as buffers. ``obs_noise_std``
+is in standardised units. Reported likelihoods and errors are in data units (the standardisation's
+log-determinant is added back).
+
+Training maximises the ELBO of all observed values of each series (prefix and tail, or the prefix
+only with ``extrapolation_loss=False``) with the KL term annealed from 0 to 1. By default the
+encoder prefix is cut at a random fraction of each series' span per step, so one model both
+interpolates and extrapolates from any number of observations. Evaluation uses the dataset's
+split and reports
+``test_nll``: minus the importance-weighted bound (IWAE, k samples from ``q(z0 | x_prefix)``) on the
+log-likelihood of all observed values of a series, in nats per series; ``test_nll_per_obs`` divides
+by the number of observed scalars. ``test_mse_interp`` scores the posterior-mean prediction at the
+observed prefix, ``test_mse_extrap``/``test_rmse_extrap`` at the held-out tail, and
+``test_rmse_extrap_baseline`` predicts the last observed value of each channel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor
+
+from service.ml.errors import DataError
+from service.ml.models.base import DensityModel, LossOutput
+from service.ml.models.latent_parts import (
+    LatentDynamics,
+    RecognitionRNN,
+    gather_times,
+    masked_gaussian_log_density,
+    mlp,
+    normal_kl,
+    normal_log_density,
+    solve_on_grid,
+    standard_normal_log_density,
+)
+from service.ml.ode import NfeCounter, SolverConfig
+from service.ml.series import Series, SeriesBatch, collate
+from service.ml.series_io import series_for_prediction
+
+__all__ = ["LatentODE", "LatentODEConfig"]
+
+EVAL_CHUNK = 128
+SeriesInput = SeriesBatch | Sequence[Series]
+
+
+class LatentODEConfig(BaseModel):
+    """Architecture, likelihood and objective of a latent ODE."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    latent_dim: int = Field(6, ge=1, le=128, description="Dimension of z.")
+    encoder: Literal["gru", "ode_rnn"] = Field(
+        "gru", description="Recognition network: GRU, or ODE-RNN (ODE between observations)."
+    )
+    encoder_hidden: int = Field(32, ge=1, le=1024, description="GRU hidden size.")
+    encoder_ode_hidden: tuple[int, ...] = Field(
+        (32,), max_length=4, description="Hidden widths of the ODE-RNN's dynamics."
+    )
+    dynamics_hidden: tuple[int, ...] = Field(
+        (64, 64), min_length=1, max_length=8, description="Hidden widths of the latent dynamics."
+    )
+    decoder_hidden: tuple[int, ...] = Field(
+        (32,), max_length=8, description="Hidden widths of the decoder z -> x."
+    )
+    obs_noise_std: float = Field(
+        0.05, ge=1e-3, le=1.0, description="Fixed observation noise (standardised units)."
+    )
+    kl_anneal_iterations: int = Field(
+        200, ge=0, le=1_000_000, description="KL weight rises linearly from 0 to 1 over these."
+    )
+    train_samples: int = Field(1, ge=1, le=64, description="Posterior samples per training series.")
+    iwae_samples: int = Field(16, ge=1, le=1024, description="Importance samples of the evaluation bound.")
+    extrapolation_loss: bool = Field(
+        True, description="Score the held-out tail in training too (False: prefix only)."
+    )
+    train_prefix: Literal["random", "data"] = Field(
+        "random",
+        description=(
+            "Encoder prefix in training: a random fraction of each series' span (so the encoder "
+            "learns any number of observations), or the dataset's observed/held-out split."
+        ),
+    )
+    min_prefix_fraction: float = Field(
+        0.25, gt=0, le=1, description="Smallest random prefix, as a fraction of the series span."
+    )
+    time_horizon: float = Field(
+        4.0, gt=0, le=1000, description="Mean training series duration in model time units."
+    )
+
+    @field_validator("encoder_ode_hidden", "dynamics_hidden", "decoder_hidden")
+    @classmethod
+    def _widths(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(w < 1 or w > 1024 for w in value):
+            raise ValueError("each hidden width must be between 1 and 1024")
+        return value
+
+    @field_validator("obs_noise_std", "min_prefix_fraction", "time_horizon")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class LatentODE(DensityModel):
+    """Latent ODE over series of dimension ``D``; batches are ``SeriesBatch`` or lists of ``Series``."""
+
+    name = "latent_ode"
+    config_class = LatentODEConfig
+    data_kind = "series"
+
+    def __init__(self, config: LatentODEConfig, dim: int, solver: SolverConfig) -> None:
+        super().__init__(config, dim, solver)
+        self.config: LatentODEConfig = config
+        self.encoder = RecognitionRNN(
+            dim,
+            config.encoder_hidden,
+            config.latent_dim,
+            config.encoder == "ode_rnn",
+            config.encoder_ode_hidden,
+        )
+        self.dynamics = LatentDynamics(config.latent_dim, config.dynamics_hidden)
+        self.decoder = mlp(config.latent_dim, config.decoder_hidden, dim)
+        self.encoder_nfe = NfeCounter()
+        self.register_buffer("loc", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+        self.register_buffer("time_scale", torch.tensor(1.0))
+        self.register_buffer("train_span", torch.tensor(config.time_horizon))
+
+    # ----------------------------------------------------------------- normalisation
+    def prepare(self, data: Any) -> None:
+        """Fit per-channel loc/scale of the training values and the time scale of ``data.train``."""
+        series: list[Series] = list(data.train)
+        values = torch.cat([s.values for s in series]).to(self.loc)
+        mask = torch.cat([s.mask for s in series]).to(self.loc)
+        count = mask.sum(0).clamp_min(1)
+        loc = (values * mask).sum(0) / count
+        var = ((values - loc).square() * mask).sum(0) / count
+        std = var.sqrt()
+        self.loc.copy_(loc)
+        self.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        span = sum(float(s.times[-1] - s.times[0]) for s in series) / len(series)
+        span = span if span > 0 else 1.0
+        self.train_span.fill_(span)
+        self.time_scale.fill_(span / self.config.time_horizon)
+
+    def _tau(self, times: Tensor, origin: Tensor) -> Tensor:
+        """Model time since each series' origin: float64 ``times`` (B, T), ``origin`` (B, 1)."""
+        return ((times - origin) / float(self.time_scale)).to(self.loc.dtype)
+
+    def _standardise(self, batch: SeriesInput) -> tuple[SeriesBatch, Tensor, Tensor]:
+        """Batch on this device, standardised values (B, T, D) and model times (B, T)."""
+        batch = batch if isinstance(batch, SeriesBatch) else collate(list(batch))
+        if batch.dim != self.dim:
+            raise DataError(
+                f"series have {batch.dim} channels but the model was trained on {self.dim}",
+                value=batch.dim,
+                fix=f"send {self.dim} values per time",
+                field="values",
+            )
+        batch = batch.to(self.loc)
+        values = (batch.values - self.loc) / self.scale * batch.mask
+        return batch, values, self._tau(batch.times, batch.times[:, :1])
+
+    def _log_scale(self, mask: Tensor) -> Tensor:
+        """Log-determinant of the standardisation over the masked entries: (B, T, D) -> (B,)."""
+        return (mask * self.scale.log()).sum(dim=(-2, -1))
+
+    # ----------------------------------------------------------------- building blocks
+    def posterior(self, batch: SeriesBatch, values: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
+        """``q(z0 | prefix)``: mean and std, each (B, L)."""
+        return self.encoder(values, batch.mask, tau, batch.observed, self.solver, self.encoder_nfe)
+
+    def decode(self, z0: Tensor, tau: Tensor) -> Tensor:
+        """Decoded means (K, B, T, D), standardised, for ``z0`` (K, B, L) at model times ``tau`` (B, T)."""
+        samples, batch, latent = z0.shape
+        grid = torch.unique(torch.cat([tau.flatten(), tau.new_zeros(1)]))
+        index = torch.searchsorted(grid, tau.contiguous())
+        states = solve_on_grid(
+            self.dynamics, z0.reshape(samples * batch, latent), grid, self.solver, self.nfe
+        )
+        return self.decoder(gather_times(states.view(-1, samples, batch, latent), index))
+
+    def _draw(self, mean: Tensor, std: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
+        eps = torch.randn((k, *mean.shape), generator=generator, dtype=mean.dtype)
+        return mean + std * eps.to(mean.device)
+
+    # ----------------------------------------------------------------- training
+    def training_loss(self, batch: SeriesInput, generator: torch.Generator, iteration: int) -> LossOutput:
+        """Negative ELBO per observed scalar, with the KL weight annealed (Rubanova et al., Sec. 3)."""
+        batch, values, tau = self._standardise(batch)
+        if self.config.train_prefix == "random":
+            batch = self._random_prefix(batch, generator)
+        mean, std = self.posterior(batch, values, tau)
+        z0 = self._draw(mean, std, self.config.train_samples, generator)
+        pred = self.decode(z0, tau)
+        if self.config.extrapolation_loss:
+            target = batch.mask * batch.valid.unsqueeze(-1)
+        else:
+            target = batch.prefix_mask()
+        sigma = self.config.obs_noise_std
+        log_lik = masked_gaussian_log_density(values, pred, sigma, target).mean(0)
+        log_lik = log_lik - self._log_scale(target)
+        kl = normal_kl(mean, std)
+        anneal = self.config.kl_anneal_iterations
+        weight = min(1.0, iteration / anneal) if anneal else 1.0
+        entries = target.sum().clamp_min(1)
+        loss = -(log_lik - weight * kl).sum() / entries
+        with torch.no_grad():
+            error = ((pred - values) * self.scale).square() * target
+            mse = error.sum() / (entries * pred.shape[0])
+        stats = {
+            "elbo": float((log_lik - kl).detach().mean()),
+            "kl": float(kl.detach().mean()),
+            "kl_weight": weight,
+            "mse": float(mse),
+            "nfe_encoder": float(self.encoder_nfe.forward),
+        }
+        return LossOutput(loss=loss, stats=stats)
+
+    def _random_prefix(self, batch: SeriesBatch, generator: torch.Generator) -> SeriesBatch:
+        """The batch with each encoder prefix cut at a random fraction of the series' span."""
+        low = self.config.min_prefix_fraction
+        fraction = low + (1 - low) * torch.rand(len(batch), 1, generator=generator)
+        start, end = batch.times[:, :1], batch.times[:, -1:]  # padding repeats the last time
+        cut = start + fraction.to(batch.times) * (end - start)
+        observed = batch.valid & (batch.times <= cut)
+        observed[:, 0] = batch.valid[:, 0]
+        return replace(batch, observed=observed)
+
+    # ----------------------------------------------------------------- likelihood bound
+    def _bound(
+        self, batch: SeriesInput, k: int, generator: torch.Generator | None
+    ) -> tuple[SeriesBatch, Tensor, Tensor]:
+        """IWAE bound (B,) on log p(all observed values) and the mean of the k decodes (B, T, D)."""
+        batch, values, tau = self._standardise(batch)
+        mean, std = self.posterior(batch, values, tau)
+        z0 = self._draw(mean, std, k, generator)
+        pred = self.decode(z0, tau)
+        target = batch.mask * batch.valid.unsqueeze(-1)
+        log_lik = masked_gaussian_log_density(values, pred, self.config.obs_noise_std, target)
+        log_w = log_lik + standard_normal_log_density(z0) - normal_log_density(z0, mean, std)
+        bound = torch.logsumexp(log_w, 0) - math.log(k) - self._log_scale(target)
+        return batch, bound, pred.mean(0) * self.scale + self.loc
+
+    @torch.no_grad()
+    def log_prob(self, x: SeriesInput, generator: torch.Generator | None = None) -> Tensor:
+        """IWAE lower bound (``iwae_samples``) on each series' log-likelihood, (B,), in data units."""
+        generator = generator or torch.Generator().manual_seed(0)
+        return self._bound(x, self.config.iwae_samples, generator)[1]
+
+    @torch.no_grad()
+    def evaluate(self, data: SeriesInput, generator: torch.Generator) -> dict[str, float]:
+        """``test_nll`` (nats per series), per-observation NLL, interpolation/extrapolation errors."""
+        series = data if isinstance(data, Sequence) else None
+        chunks = (
+            [data]
+            if series is None
+            else [collate(series[i : i + EVAL_CHUNK]) for i in range(0, len(series), EVAL_CHUNK)]
+        )
+        sums = dict.fromkeys(["nll", "n", "obs", "interp", "n_interp", "extrap", "base", "n_ext"], 0.0)
+        for chunk in chunks:
+            batch, bound, pred = self._bound(chunk, self.config.iwae_samples, generator)
+            prefix, tail = batch.prefix_mask(), batch.tail_mask()
+            sums["nll"] -= float(bound.sum())
+            sums["n"] += len(batch)
+            sums["obs"] += float((prefix + tail).sum())
+            sums["interp"] += float(((pred - batch.values).square() * prefix).sum())
+            sums["n_interp"] += float(prefix.sum())
+            sums["extrap"] += float(((pred - batch.values).square() * tail).sum())
+            last = self._last_observed(batch.values, prefix)
+            sums["base"] += float(((last - batch.values).square() * tail).sum())
+            sums["n_ext"] += float(tail.sum())
+        metrics = {
+            "test_nll": sums["nll"] / max(1.0, sums["n"]),
+            "test_nll_per_obs": sums["nll"] / max(1.0, sums["obs"]),
+            "test_mse_interp": sums["interp"] / max(1.0, sums["n_interp"]),
+        }
+        if sums["n_ext"] > 0:
+            mse = sums["extrap"] / sums["n_ext"]
+            metrics |= {
+                "test_mse_extrap": mse,
+                "test_rmse_extrap": math.sqrt(mse),
+                "test_rmse_extrap_baseline": math.sqrt(sums["base"] / sums["n_ext"]),
+            }
+        return metrics
+
+    def _last_observed(self, values: Tensor, prefix: Tensor) -> Tensor:
+        """Last observed prefix value of each channel, broadcast over time: (B, T, D)."""
+        length = values.shape[1]
+        position = torch.arange(length, device=values.device).view(1, -1, 1) * prefix
+        last = torch.gather(values, 1, position.argmax(1, keepdim=True).long())
+        seen = prefix.sum(1, keepdim=True) > 0
+        return torch.where(seen, last, self.loc).expand_as(values)
+
+    # ----------------------------------------------------------------- serving
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        times: Tensor | Sequence[float] | None = None,
+        noise: bool = False,
+        **_: Any,
+    ) -> Tensor:
+        """``n`` trajectories from the prior at ``times`` (time since the series start), (n, T, D).
+
+        Default times: 100 points over the mean training duration. ``noise`` adds observation noise.
+        """
+        times = (
+            torch.linspace(0, float(self.train_span), 100, dtype=torch.float64)
+            if times is None
+            else torch.as_tensor(times, dtype=torch.float64).reshape(-1)
+        )
+        tau = self._tau(times.to(self.loc.device), times.new_zeros(()).to(self.loc.device))
+        z0 = self._draw(self.loc.new_zeros(n, self.config.latent_dim), 1.0, 1, generator)  # (1, n, L)
+        pred = self.decode(z0, tau.expand(n, -1))[0]
+        if noise:
+            eps = torch.randn(pred.shape, generator=generator, dtype=pred.dtype).to(pred.device)
+            pred = pred + self.config.obs_noise_std * eps
+        return pred * self.scale + self.loc
+
+    @torch.no_grad()
+    def predict(
+        self,
+        times: Tensor,
+        values: Tensor,
+        mask: Tensor | None = None,
+        predict_times: Tensor | None = None,
+        n_samples: int = 32,
+        generator: torch.Generator | None = None,
+        include_noise: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """Posterior predictive mean and std at ``predict_times`` (interpolation and extrapolation).
+
+        One series: ``times`` (T,), ``values`` (T, D), ``mask`` (T, D) or None, ``predict_times``
+        (P,) -> mean, std (P, D). A batch: (B, T), (B, T, D), (B, T, D), and (P,) or (B, P) ->
+        (B, P, D); rows whose mask is all zero are padding. All given points condition ``q(z0)``;
+        time 0 of the latent ODE is each series' first time. ``n_samples = 0`` decodes the posterior
+        mean only. ``std`` is the spread over samples, plus the observation noise if
+        ``include_noise``.
+        """
+        single = torch.as_tensor(times).dim() == 1
+        series, targets = series_for_prediction(times, values, mask, predict_times, self.dim)
+        batch, values_std, tau = self._standardise(series)
+        mean, std = self.posterior(batch, values_std, tau)
+        z0 = mean.unsqueeze(0) if n_samples == 0 else self._draw(mean, std, n_samples, generator)
+        origin = batch.times[:, :1]
+        pred = self.decode(z0, self._tau(targets.to(origin.device), origin))  # (K, B, P, D)
+        pred = pred * self.scale + self.loc
+        out_mean = pred.mean(0)
+        var = pred.var(0, unbiased=False)
+        if include_noise:
+            var = var + (self.config.obs_noise_std * self.scale).square()
+        out_std = var.sqrt()
+        return (out_mean[0], out_std[0]) if single else (out_mean, out_std)
