@@ -1,0 +1,152 @@
+"""Every error leaves the API as RFC 9457 ``application/problem+json``.
+
+``{"type", "title", "status", "detail", "errors": [{"field", "message"}]}``. Core domain errors,
+request validation errors and HTTP exceptions are mapped here and nowhere else; bad input is always
+a 4xx naming the field, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.ml.errors import OdeServeError
+
+__all__ = ["PROBLEM_JSON", "ApiError", "install_error_handlers", "problem_response"]
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+MAX_LISTED_ERRORS = 20
+
+_STATUS_BY_KIND = {
+    "data_error": 422,
+    "config_error": 422,
+    "unknown_name": 422,
+    "solver_error": 422,
+    "checkpoint_error": 500,
+    "canceled": 409,
+}
+
+
+class ApiError(Exception):
+    """An error raised by a route: status, a problem slug, detail and the offending fields."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        detail: str,
+        *,
+        errors: Sequence[tuple[str, str]] = (),
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.status, self.slug, self.detail = status, slug, detail
+        self.errors = list(errors)
+        self.headers = headers
+        self.extra = extra or {}
+        super().__init__(detail)
+
+
+def problem_response(
+    status: int,
+    *,
+    slug: str | None = None,
+    detail: str | None = None,
+    errors: Iterable[tuple[str, str]] = (),
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    listed = [{"field": f, "message": m} for f, m in errors][:MAX_LISTED_ERRORS]
+    body = {
+        "type": f"/problems/{slug}" if slug else "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "errors": listed,
+        **(extra or {}),
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _field(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def validation_errors(errors: Iterable[dict[str, Any]], prefix: Sequence[Any] = ()) -> list[tuple[str, str]]:
+    out = []
+    for error in errors:
+        loc = (*prefix, *error.get("loc", ()))
+        message = error.get("msg", "invalid value")
+        if error.get("type") == "json_invalid":  # its loc ends in a character offset, not a field
+            loc = ("body",)
+            message = f"body is not valid JSON: {error.get('ctx', {}).get('error', message)}"
+        out.append((_field(loc), message))
+    return out
+
+
+def _summary(errors: list[tuple[str, str]]) -> str:
+    shown = "; ".join(f"{f}: {m}" for f, m in errors[:3])
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return f"{len(errors)} invalid field(s): {shown}{more}"
+
+
+async def _on_api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return problem_response(
+        exc.status,
+        slug=exc.slug,
+        detail=exc.detail,
+        errors=exc.errors,
+        headers=exc.headers,
+        extra=exc.extra,
+    )
+
+
+async def _on_domain_error(_: Request, exc: OdeServeError) -> JSONResponse:
+    status = _STATUS_BY_KIND.get(exc.kind, 422)
+    if status >= 500:
+        log.error("server-side %s: %s", exc.kind, exc)
+    errors = [(exc.field or "body", str(exc))] if status < 500 else []
+    extra = {"valid": exc.valid} if hasattr(exc, "valid") else None
+    return problem_response(status, slug=exc.kind, detail=str(exc), errors=errors, extra=extra)
+
+
+async def _on_request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = validation_errors(exc.errors())
+    return problem_response(422, slug="validation_error", detail=_summary(errors), errors=errors)
+
+
+async def _on_pydantic_validation(_: Request, exc: ValidationError) -> JSONResponse:
+    errors = validation_errors(exc.errors())
+    return problem_response(422, slug="validation_error", detail=_summary(errors), errors=errors)
+
+
+async def _on_http_exception(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
+    return problem_response(exc.status_code, detail=detail, headers=getattr(exc, "headers", None))
+
+
+async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return problem_response(500, slug="internal_error", detail="internal error; see the server log")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _on_api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(OdeServeError, _on_domain_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _on_request_validation)  # type: ignore[arg-type]
+    app.add_exception_handler(ValidationError, _on_pydantic_validation)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,58 @@
+"""Prometheus metrics: request latency per route template, runs by status (read at scrape time)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+__all__ = ["Telemetry", "TelemetryMiddleware"]
+
+
+class Telemetry:
+    """One registry per app, so several apps (tests) never clash on metric names."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "odeserve_http_request_duration_seconds",
+            "HTTP request latency by method, route template and status code.",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.runs = Gauge("odeserve_runs", "Training runs by status.", ["status"], registry=self.registry)
+
+    def set_run_counts(self, counts: dict[str, int]) -> None:
+        for status, n in counts.items():
+            self.runs.labels(status=status).set(n)
+
+
+class TelemetryMiddleware:
+    """Pure ASGI middleware; the route template comes from the scope the router filled in."""
+
+    def __init__(self, app: Any, telemetry: Telemetry) -> None:
+        self.app = app
+        self.telemetry = telemetry
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.telemetry.latency.labels(
+                method=scope.get("method", ""), route=template, status=str(status["code"])
+            ).observe(time.perf_counter() - started)

@@ -1,0 +1,289 @@
+"""Request and response models of the REST API (shapes fixed by ``API.md``).
+
+Enums of model and dataset names are built from the core registries, so OpenAPI lists exactly the
+names the service accepts. Limits below are part of the contract and appear in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.db.models import DatasetRow, RunMetricRow, RunRow, RunStatus
+from service.ml.data import DATASETS, MAX_DIM
+from service.ml.models import MODELS
+from service.ml.ode import SolverConfig
+from service.ml.series import SERIES_DATASETS
+from service.ml.training import TrainConfig
+
+__all__ = [
+    "MAX_DENSITY_POINTS",
+    "MAX_SAMPLE_N",
+    "MAX_UPLOAD_POINTS",
+    "BUILTIN_DATASETS",
+    "DatasetList",
+    "DatasetName",
+    "DatasetOut",
+    "DatasetRef",
+    "DatasetUpload",
+    "DensityOut",
+    "DensityRequest",
+    "MetricPoint",
+    "ModelName",
+    "Problem",
+    "ProblemField",
+    "Progress",
+    "Readiness",
+    "RunError",
+    "RunList",
+    "RunOut",
+    "SampleOut",
+    "TrainRequest",
+]
+
+MAX_SAMPLE_N = 10_000
+"""Most samples one ``GET /sample`` returns (422 above)."""
+MAX_DENSITY_POINTS = 10_000
+"""Most points one density query may carry (422 above)."""
+MAX_UPLOAD_POINTS = 200_000
+"""Most points an uploaded dataset may have (422 above; bodies over the byte limit get 413)."""
+MAX_BUILTIN_SAMPLES = 200_000
+
+BUILTIN_DATASETS: dict[str, tuple[str, int, str]] = {
+    **{name: (spec.kind, spec.dim, spec.description) for name, spec in DATASETS.items()},
+    **{name: (spec.kind, spec.dim, spec.description) for name, spec in SERIES_DATASETS.items()},
+}
+"""Built-in dataset name -> (kind, dim, description)."""
+
+ModelName = enum.StrEnum("ModelName", {name: name for name in MODELS})
+DatasetName = enum.StrEnum("DatasetName", {name: name for name in BUILTIN_DATASETS})
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything is stored in UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _finite(value: Any) -> Any:
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+class DatasetRef(BaseModel):
+    """A built-in dataset by ``name`` or an uploaded one by ``id`` (exactly one of them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: DatasetName | None = Field(None, description="Built-in dataset name.")
+    id: uuid.UUID | None = Field(None, description="Id of an uploaded dataset (POST /datasets).")
+    n_train: int | None = Field(
+        None, ge=2, le=MAX_BUILTIN_SAMPLES, description="Built-in point sets: training points."
+    )
+    n_test: int | None = Field(
+        None, ge=1, le=MAX_BUILTIN_SAMPLES, description="Built-in point sets: test points."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DatasetRef:
+        if (self.name is None) == (self.id is None):
+            raise ValueError("give exactly one of dataset.name (built-in) or dataset.id (upload)")
+        return self
+
+
+class TrainRequest(BaseModel):
+    """``POST /train``: every field but ``model`` and ``dataset`` has a default."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    model: ModelName
+    dataset: DatasetRef
+    model_params: dict[str, Any] = Field(
+        default_factory=dict,
+        alias="model_config",
+        description="Model-specific settings (e.g. FFJORDConfig: hidden_dims, divergence).",
+    )
+    solver: SolverConfig = Field(default_factory=SolverConfig)
+    training: TrainConfig = Field(default_factory=TrainConfig)
+    name: str | None = Field(None, max_length=200, description="Free-form label.")
+
+
+class Progress(BaseModel):
+    iteration: int
+    total: int
+    fraction: float
+    eta_s: float | None = Field(None, description="Estimated seconds left while running.")
+
+
+class RunError(BaseModel):
+    type: str
+    detail: str | None = None
+
+
+class RunOut(BaseModel):
+    """The run resource."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    name: str | None
+    model: str
+    dataset: dict[str, Any]
+    status: RunStatus
+    progress: Progress
+    solver: dict[str, Any]
+    model_params: dict[str, Any] = Field(alias="model_config")
+    training: dict[str, Any]
+    metrics: dict[str, Any]
+    error: RunError | None
+    device: str | None
+    attempt: int
+    checkpoint_sha256: str | None
+    sweep_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: RunRow) -> RunOut:
+        fraction = row.iteration / row.total if row.total else 0.0
+        eta = None
+        if row.status == RunStatus.running and row.iteration > 0 and row.wall_s > 0:
+            eta = row.wall_s / row.iteration * (row.total - row.iteration)
+        elif row.status == RunStatus.succeeded:
+            eta = 0.0
+        error = RunError(type=row.error_type, detail=row.error_detail) if row.error_type else None
+        return cls(
+            id=row.id,
+            name=row.name,
+            model=row.model,
+            dataset=row.dataset,
+            status=RunStatus(row.status),
+            progress=Progress(iteration=row.iteration, total=row.total, fraction=fraction, eta_s=eta),
+            solver=row.solver,
+            model_params=row.model_config,
+            training=row.training,
+            metrics={k: _finite(v) for k, v in (row.metrics or {}).items()},
+            error=error,
+            device=row.device,
+            attempt=row.attempt,
+            checkpoint_sha256=row.checkpoint_sha256,
+            sweep_id=row.sweep_id,
+            created_at=_utc(row.created_at),
+            started_at=_utc(row.started_at),
+            finished_at=_utc(row.finished_at),
+        )
+
+
+class RunList(BaseModel):
+    items: list[RunOut]
+    next: str | None = Field(None, description="Link to the next page, null on the last one.")
+
+
+class MetricPoint(BaseModel):
+    """One training iteration; model-specific statistics ride along as extra keys."""
+
+    model_config = ConfigDict(extra="allow")
+
+    iteration: int
+    wall_s: float
+    loss: float
+    nfe_forward: int
+    nfe_backward: int
+
+    @classmethod
+    def from_row(cls, row: RunMetricRow) -> MetricPoint:
+        extra = {k: _finite(v) for k, v in (row.extra or {}).items()}
+        return cls(
+            iteration=row.iteration,
+            wall_s=row.wall_s,
+            loss=row.loss,
+            nfe_forward=row.nfe_forward,
+            nfe_backward=row.nfe_backward,
+            **extra,
+        )
+
+
+class DensityRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: uuid.UUID
+    points: list[list[float]] = Field(
+        ..., min_length=1, max_length=MAX_DENSITY_POINTS, description="One point per row."
+    )
+
+
+class DensityOut(BaseModel):
+    run_id: str
+    log_density: list[float | None] = Field(
+        ..., description="Natural-log density per point (null where it underflows)."
+    )
+
+
+class SampleOut(BaseModel):
+    run_id: str
+    seed: int
+    samples: list[list[float | None]]
+
+
+class DatasetUpload(BaseModel):
+    """JSON upload of a point set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=200)
+    points: list[list[float]] = Field(..., max_length=MAX_UPLOAD_POINTS)
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    kind: Literal["points", "series"]
+    dim: int
+    n: int | None = Field(None, description="Number of items (null for generated built-ins).")
+    builtin: bool
+    description: str | None = None
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: DatasetRow) -> DatasetOut:
+        return cls(
+            id=row.id,
+            name=row.name,
+            kind=row.kind,  # type: ignore[arg-type]
+            dim=row.dim,
+            n=row.n,
+            builtin=False,
+            created_at=_utc(row.created_at),
+        )
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetOut]
+    max_dim: int = MAX_DIM
+    max_points: int = MAX_UPLOAD_POINTS
+
+
+class ProblemField(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (``application/problem+json``)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[ProblemField] = Field(default_factory=list)
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str]

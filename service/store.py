@@ -1,0 +1,88 @@
+"""The models store: where checkpoints and uploaded datasets live on disk.
+
+Layout (every name below the root is derived from a validated UUID, never from user text)::
+
+    <MODELS_STORE>/runs/<run uuid>/          checkpoint directory (see service.ml.checkpoint)
+    <MODELS_STORE>/datasets/<dataset uuid>.pt uploaded points, a float32 (N, D) tensor
+
+Files are written to a temporary sibling and renamed into place, so readers never see half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from service.ml.errors import CheckpointError
+
+__all__ = ["ModelStore", "atomic_write"]
+
+
+def _uuid(value: uuid.UUID | str) -> str:
+    """Canonical form of a UUID; raises ValueError for anything else (so no path tricks pass)."""
+    return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ModelStore:
+    """Paths and file operations below one root directory."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+
+    def run_dir(self, run_id: uuid.UUID | str) -> Path:
+        return self.root / "runs" / _uuid(run_id)
+
+    def dataset_path(self, dataset_id: uuid.UUID | str) -> Path:
+        return self.root / "datasets" / f"{_uuid(dataset_id)}.pt"
+
+    def remove_run(self, run_id: uuid.UUID | str) -> None:
+        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+
+    def save_points(self, dataset_id: uuid.UUID | str, points: Tensor) -> str:
+        """Store ``(N, D)`` points atomically; returns the file's sha256."""
+        buffer = io.BytesIO()
+        torch.save(points.detach().to("cpu", torch.float32).contiguous(), buffer)
+        data = buffer.getvalue()
+        atomic_write(self.dataset_path(dataset_id), data)
+        return hashlib.sha256(data).hexdigest()
+
+    def load_points(self, dataset_id: uuid.UUID | str, expected_sha256: str | None = None) -> Tensor:
+        path = self.dataset_path(dataset_id)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(
+                f"dataset file for {_uuid(dataset_id)} is missing", fix="upload the dataset again"
+            ) from None
+        if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+            raise CheckpointError(
+                f"dataset file for {_uuid(dataset_id)} does not match its checksum",
+                fix="upload the dataset again",
+            )
+        points = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if not isinstance(points, Tensor) or points.dim() != 2:
+            raise CheckpointError("stored dataset is not an (N, D) tensor", fix="upload it again")
+        return points

@@ -1,0 +1,92 @@
+"""Run lifecycle through the API: create, read, list, cancel, metrics, delete, idempotency."""
+
+from __future__ import annotations
+
+from service.db import repository as repo
+
+
+def test_train_returns_202_location_and_the_queued_run(client, queue, tiny_run):
+    response = client.post("/train", json={**tiny_run, "name": "shape"})
+    assert response.status_code == 202
+    run = response.json()
+    assert response.headers["location"] == f"/runs/{run['id']}"
+    assert run["status"] == "queued" and run["attempt"] == 0 and run["error"] is None
+    assert run["progress"] == {"iteration": 0, "total": 6, "fraction": 0.0, "eta_s": None}
+    assert run["model_config"]["hidden_dims"] == [8]  # defaults are filled in
+    assert run["model_config"]["divergence"] == "exact"
+    assert run["solver"]["method"] == "dopri5" and run["training"]["batch_size"] == 32
+    assert queue.queued[-1] == run["id"]
+    assert queue.run_pending() == ["succeeded"]
+    done = client.get(f"/runs/{run['id']}").json()
+    assert done["status"] == "succeeded" and done["attempt"] == 1 and done["device"] == "cpu"
+    assert done["progress"]["fraction"] == 1.0 and done["finished_at"] >= done["started_at"]
+    assert {"train_loss", "test_nll", "nfe_forward", "nfe_backward", "wall_clock_s"} <= done["metrics"].keys()
+    history = client.get(f"/runs/{run['id']}/metrics").json()
+    assert [h["iteration"] for h in history] == list(range(1, 7))
+    assert {"iteration", "wall_s", "loss", "nfe_forward", "nfe_backward"} <= history[0].keys()
+
+
+def test_idempotency_key_returns_the_same_run(client, queue, tiny_run, problem):
+    headers = {"Idempotency-Key": "key-1"}
+    first = client.post("/train", json=tiny_run, headers=headers)
+    again = client.post("/train", json=tiny_run, headers=headers)
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert queue.queued.count(first.json()["id"]) == 1
+    other = {**tiny_run, "name": "different"}
+    problem(client.post("/train", json=other, headers=headers), 409, "Idempotency-Key")
+    client.post(f"/runs/{first.json()['id']}/cancel")
+    queue.queued.clear()
+
+
+def test_cancel_queued_run_ends_canceled_and_worker_skips_it(client, queue, tiny_run):
+    run = client.post("/train", json=tiny_run).json()
+    canceled = client.post(f"/runs/{run['id']}/cancel")
+    assert canceled.status_code == 202 and canceled.json()["status"] == "canceled"
+    assert queue.run_pending() == [None]
+    assert client.get(f"/runs/{run['id']}").json()["status"] == "canceled"
+
+
+def test_delete_refuses_running_runs(client, queue, sessions, tiny_run, problem, settings):
+    run = client.post("/train", json=tiny_run).json()
+    queue.queued.clear()
+    with sessions() as session:
+        attempt = repo.start_attempt(session, run["id"], device="cpu", worker="t", max_attempts=3)
+    body = problem(client.delete(f"/runs/{run['id']}"), 409, "run_id")
+    assert body["run_status"] == "running"
+    assert client.post(f"/runs/{run['id']}/cancel").json()["status"] == "canceling"
+    problem(client.delete(f"/runs/{run['id']}"), 409)
+    with sessions() as session:
+        repo.finish_canceled(session, attempt)
+    assert client.delete(f"/runs/{run['id']}").status_code == 204
+    assert client.get(f"/runs/{run['id']}").status_code == 404
+
+
+def test_delete_removes_checkpoint_and_metrics(client, queue, tiny_run, settings):
+    from service.store import ModelStore
+
+    run = client.post("/train", json=tiny_run).json()
+    queue.run_pending()
+    directory = ModelStore(settings.models_store).run_dir(run["id"])
+    assert (directory / "manifest.json").is_file()
+    assert client.delete(f"/runs/{run['id']}").status_code == 204
+    assert not directory.exists()
+    assert client.get(f"/runs/{run['id']}/metrics").status_code == 404
+
+
+def test_list_filters_and_cursor_pagination(client, queue, tiny_run):
+    ids = set()
+    for _ in range(5):
+        ids.add(client.post("/train", json={**tiny_run, "dataset": {"name": "moons"}}).json()["id"])
+    queue.queued.clear()
+    seen, link, pages = [], "/runs?dataset=moons&status=queued&limit=2", 0
+    while link:
+        page = client.get(link).json()
+        seen += [r["id"] for r in page["items"]]
+        assert all(r["dataset"]["name"] == "moons" and r["status"] == "queued" for r in page["items"])
+        link, pages = page["next"], pages + 1
+    assert set(seen) == ids and len(seen) == 5 and pages == 3
+    assert client.get("/runs", params={"model": "latent_ode"}).json()["items"] == []
+    for run_id in ids:
+        client.post(f"/runs/{run_id}/cancel")
+    assert len(client.get("/runs", params={"dataset": "moons", "status": "canceled"}).json()["items"]) == 5

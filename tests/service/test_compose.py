@@ -1,0 +1,76 @@
+"""docker-compose.yml and Dockerfile, checked structurally (no Docker engine needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_services_and_one_shot_migration(compose):
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
+    assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
+    assert services["migrate"]["restart"] == "no"
+    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+
+
+@pytest.mark.parametrize("name", ["api", "worker"])
+def test_app_services_wait_for_healthy_backends_and_migration(compose, name):
+    depends = compose["services"][name]["depends_on"]
+    assert depends["postgres"] == {"condition": "service_healthy"}
+    assert depends["redis"] == {"condition": "service_healthy"}
+    assert depends["migrate"] == {"condition": "service_completed_successfully"}
+
+
+@pytest.mark.parametrize("name", ["postgres", "redis", "api", "worker"])
+def test_healthchecks(compose, name):
+    assert compose["services"][name]["healthcheck"]["test"]
+
+
+def test_worker_reserves_a_gpu_and_runs_the_training_queue(compose):
+    worker = compose["services"]["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    command = worker["command"]
+    assert command[:4] == ["celery", "-A", "workers.celery_app", "worker"]
+    assert command[command.index("-Q") + 1] == Settings().queue
+    assert "cu" in worker["build"]["args"]["TORCH_INDEX_URL"].rsplit("/", 1)[-1]
+
+
+def test_models_store_is_a_shared_named_volume(compose):
+    assert "models_store" in compose["volumes"]
+    for name in ("api", "worker"):
+        env = compose["services"][name]["environment"]
+        mount = f"models_store:{env['MODELS_STORE']}"
+        assert mount in compose["services"][name]["volumes"]
+
+
+def test_environment_names_are_settings_names(compose, monkeypatch):
+    for name in ("migrate", "api", "worker"):
+        env = compose["services"][name]["environment"]
+        assert {"DATABASE_URL", "REDIS_URL", "MODELS_STORE"} <= env.keys()
+        for key, value in env.items():
+            monkeypatch.setenv(key, str(value))
+        settings = Settings()
+        assert settings.database_url == env["DATABASE_URL"].replace("$$", "$")
+        assert settings.redis_url.startswith("redis://redis:")
+        assert str(settings.models_store) == env["MODELS_STORE"]
+        unknown = [k for k in env if k.startswith("ODESERVE_") and k[9:].lower() not in Settings.model_fields]
+        assert not unknown, unknown
+
+
+def test_dockerfile_takes_torch_build_as_argument():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "ARG TORCH_INDEX_URL" in text and '--index-url "${TORCH_INDEX_URL}"' in text
+    assert "service.api.main:create_app" in text and "USER odeserve" in text

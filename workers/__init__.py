@@ -1,0 +1,1 @@
+"""Celery worker: thin tasks over ``workers.runner``, which trains through the core ``fit``."""

@@ -1,0 +1,265 @@
+"""One training job, start to finish: claim the run, load data, ``fit``, checkpoint, record.
+
+Everything the job needs is re-read from its row; every write goes through
+:mod:`service.db.repository` with the attempt's fencing token. Called by the Celery task and, in
+tests, directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from celery.exceptions import SoftTimeLimitExceeded
+
+from service.config import Settings
+from service.db import RunRow, SessionFactory, session_scope
+from service.db import repository as repo
+from service.ml.checkpoint import load_checkpoint, save_checkpoint
+from service.ml.data import DATASETS, PointData, load_dataset, point_data_from_tensor
+from service.ml.errors import DataError, OdeServeError, TrainingCanceled
+from service.ml.ode import SolverConfig
+from service.ml.series import load_series_dataset
+from service.ml.training import ProgressEvent, TrainConfig, TrainingData, TrainState, fit, init_model
+from service.store import ModelStore
+
+__all__ = ["load_training_data", "pick_device", "run_job"]
+
+log = logging.getLogger(__name__)
+
+
+class RunLog(logging.LoggerAdapter):
+    """Prefixes every line with the run id."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"run={self.extra['run_id']} {msg}", kwargs  # type: ignore[index]
+
+
+def pick_device(settings: Settings) -> str:
+    if settings.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return settings.device
+
+
+def _finite(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+
+
+def load_training_data(
+    dataset: Mapping[str, Any], seed: int, store: ModelStore, sessions: SessionFactory
+) -> TrainingData:
+    """The data a run row refers to: an uploaded point set by id, or a built-in by name."""
+    if dataset.get("id"):
+        with sessions() as session:
+            row = repo.get_dataset(session, dataset["id"])
+        if row is None:
+            raise DataError(f"uploaded dataset {dataset['id']} no longer exists", field="dataset.id")
+        points = store.load_points(row.id, row.sha256)
+        return point_data_from_tensor(row.name, points, seed=seed)
+    name = dataset["name"]
+    if name in DATASETS:
+        sizes = {k: int(dataset[k]) for k in ("n_train", "n_test") if dataset.get(k)}
+        return load_dataset(name, seed=seed, **sizes)
+    return load_series_dataset(name, seed=seed)
+
+
+def _on_device(data: TrainingData, device: str) -> TrainingData:
+    if device == "cpu" or not isinstance(data, PointData):
+        return data
+    return dataclasses.replace(data, train=data.train.to(device), test=data.test.to(device))
+
+
+class Recorder:
+    """The ``fit`` callbacks of one attempt: progress, cancellation polling, checkpoints."""
+
+    def __init__(
+        self,
+        attempt: repo.Attempt,
+        *,
+        settings: Settings,
+        sessions: SessionFactory,
+        store: ModelStore,
+        config: TrainConfig,
+        extra: dict[str, Any],
+        log: RunLog,
+    ) -> None:
+        self.attempt, self.settings, self.sessions, self.store = attempt, settings, sessions, store
+        self.config, self.extra, self.log = config, extra, log
+        self.pending: list[dict[str, Any]] = []
+        self.last_poll = 0.0
+        self.model: Any = None
+
+    def on_progress(self, event: ProgressEvent) -> None:
+        record = {
+            "iteration": event.iteration,
+            "wall_s": event.wall_s,
+            "loss": event.loss,
+            "nfe_forward": event.nfe_forward,
+            "nfe_backward": event.nfe_backward,
+            **{k: float(v) for k, v in event.stats.items() if k != "loss"},
+        }
+        self.pending.append(record)
+        if event.iteration % self.settings.progress_every == 0 or event.iteration == event.total:
+            self.flush(event)
+
+    def flush(self, event: ProgressEvent) -> None:
+        metrics = {
+            "train_loss": event.loss,
+            "nfe_forward": event.nfe_forward,
+            "nfe_backward": event.nfe_backward,
+            "wall_clock_s": event.wall_s,
+            "iterations_per_s": event.iteration / event.wall_s if event.wall_s > 0 else None,
+        }
+        with self.sessions() as session:
+            repo.record_progress(
+                session,
+                self.attempt,
+                iteration=event.iteration,
+                wall_s=event.wall_s,
+                metrics=_finite(metrics),
+                history=[_finite(r) for r in self.pending],
+            )
+        self.pending.clear()
+        self.log.debug("iteration %d/%d loss %.4f", event.iteration, event.total, event.loss)
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_poll < self.settings.cancel_poll_s:
+            return False
+        self.last_poll = now
+        with self.sessions() as session:
+            return repo.should_stop(session, self.attempt)
+
+    def on_checkpoint(self, state: TrainState) -> None:
+        digest = save_checkpoint(
+            self.store.run_dir(self.attempt.run_id),
+            self.model,
+            train_config=self.config,
+            state=state,
+            extra=self.extra,
+        )
+        with self.sessions() as session:
+            repo.record_checkpoint(session, self.attempt, sha256=digest, iteration=state.iteration)
+        self.log.info("checkpoint at iteration %d (%s)", state.iteration, digest[:12])
+
+
+def _resume_state(row: RunRow, store: ModelStore, log: RunLog) -> TrainState | None:
+    if not row.checkpoint_iteration or not row.checkpoint_sha256:
+        return None
+    try:
+        loaded = load_checkpoint(
+            store.run_dir(row.id), expected_digest=row.checkpoint_sha256, with_state=True
+        )
+    except OdeServeError as exc:
+        log.warning("cannot resume from checkpoint, starting over: %s", exc)
+        return None
+    log.info("resuming from iteration %d", row.checkpoint_iteration)
+    return loaded.state
+
+
+def run_job(
+    run_id: str, *, settings: Settings, sessions: SessionFactory, store: ModelStore, worker: str
+) -> str | None:
+    """Train ``run_id`` to a final status and return it (None when there was nothing to do)."""
+    rlog = RunLog(log, {"run_id": run_id})
+    device = pick_device(settings)
+    with session_scope(sessions) as session:
+        attempt = repo.start_attempt(
+            session, run_id, device=device, worker=worker, max_attempts=settings.max_attempts
+        )
+        row = repo.get_run(session, run_id)
+    if attempt is None or row is None:
+        rlog.info("nothing to do (status %s)", row.status if row else "deleted")
+        return None
+    rlog.info("attempt %d started on %s (%s)", attempt.attempt, device, worker)
+    config = TrainConfig(**row.training)
+    recorder = Recorder(
+        attempt,
+        settings=settings,
+        sessions=sessions,
+        store=store,
+        config=config,
+        extra={"run_id": run_id, "dataset": row.dataset},
+        log=rlog,
+    )
+    try:
+        data = load_training_data(row.dataset, config.seed, store, sessions)
+        if not isinstance(data, PointData):
+            device = "cpu"  # series batches are built on the CPU
+        model = init_model(row.model, row.model_config, data.dim, SolverConfig(**row.solver), config.seed)
+        recorder.model = model.to(device)
+        result = fit(
+            model,
+            _on_device(data, device),
+            config,
+            on_progress=recorder.on_progress,
+            should_stop=recorder.should_stop,
+            checkpoint_every=settings.checkpoint_every,
+            on_checkpoint=recorder.on_checkpoint,
+            resume=_resume_state(row, store, rlog) if attempt.attempt > 1 else None,
+        )
+        metrics = _finite(
+            {
+                "train_loss": result.final_loss,
+                **result.metrics,
+                "nfe_forward": result.nfe_forward,
+                "nfe_backward": result.nfe_backward,
+                "wall_clock_s": result.wall_s,
+                "iterations_per_s": result.iterations / result.wall_s if result.wall_s > 0 else None,
+            }
+        )
+        digest = save_checkpoint(
+            store.run_dir(run_id), model, train_config=config, metrics=metrics, extra=recorder.extra
+        )
+        with sessions() as session:
+            repo.finish_succeeded(
+                session,
+                attempt,
+                metrics=metrics,
+                sha256=digest,
+                iteration=result.iterations,
+                wall_s=result.wall_s,
+            )
+        rlog.info("succeeded in %.1fs: %s", result.wall_s, metrics)
+        return "succeeded"
+    except repo.StaleAttempt as exc:
+        rlog.warning("stopping: %s", exc)
+        return None
+    except TrainingCanceled:
+        return _finish(sessions, attempt, rlog, "canceled")
+    except OdeServeError as exc:
+        return _finish(sessions, attempt, rlog, "failed", exc.kind, str(exc))
+    except SoftTimeLimitExceeded:
+        detail = f"the run exceeded ODESERVE_MAX_RUN_SECONDS={settings.max_run_seconds}"
+        return _finish(sessions, attempt, rlog, "failed", "timeout", detail)
+    except Exception as exc:
+        if type(exc).__module__.startswith("sqlalchemy"):
+            raise  # database trouble: let the task's declared retry redeliver the job
+        rlog.exception("unexpected error")
+        return _finish(sessions, attempt, rlog, "failed", "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _finish(
+    sessions: SessionFactory,
+    attempt: repo.Attempt,
+    rlog: RunLog,
+    status: str,
+    error_type: str = "",
+    detail: str = "",
+) -> str | None:
+    try:
+        with sessions() as session:
+            if status == "canceled":
+                repo.finish_canceled(session, attempt)
+            else:
+                repo.finish_failed(session, attempt, error_type=error_type, detail=detail)
+    except repo.StaleAttempt as exc:
+        rlog.warning("not recording %s: %s", status, exc)
+        return None
+    rlog.info("%s%s", status, f" ({error_type}: {detail})" if error_type else "")
+    return status
