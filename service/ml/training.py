@@ -42,7 +42,7 @@ class TrainConfig(BaseModel):
 
     iterations: int = Field(1000, ge=1, le=200_000, description="Optimizer steps.")
     batch_size: int = Field(256, ge=1, le=65_536, description="Items per step.")
-    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate.")
+    lr: float = Field(3e-3, gt=0, le=1, description="Adam learning rate.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds init, batches and noise.")
     eval_interval: int = Field(

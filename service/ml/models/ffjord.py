@@ -42,7 +42,7 @@ class FFJORDConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     hidden_dims: tuple[int, ...] = Field(
-        (64, 64, 64), min_length=1, max_length=8, description="Widths of the hidden layers."
+        (64, 64), min_length=1, max_length=8, description="Widths of the hidden layers."
     )
     time_conditioning: Literal["concatsquash", "positional"] = Field(
         "concatsquash",
