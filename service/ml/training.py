@@ -38,7 +38,7 @@ EVAL_SEED_OFFSET = 7919  # evaluation draws from its own stream so it never shif
 class TrainConfig(BaseModel):
     """Optimisation settings of a run."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     iterations: int = Field(1000, ge=1, le=200_000, description="Optimizer steps.")
     batch_size: int = Field(256, ge=1, le=65_536, description="Items per step.")

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from service.ml.ode import NfeCounter, SolverConfig
 
-__all__ = ["DensityModel", "LossOutput"]
+__all__ = ["DensityModel", "LossOutput", "Width"]
+
+Width = Annotated[int, Field(ge=1, le=1024)]
+"""A hidden-layer width accepted in model configs."""
 
 
 @dataclass

@@ -30,11 +30,11 @@ from dataclasses import replace
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from service.ml.errors import DataError
-from service.ml.models.base import DensityModel, LossOutput
+from service.ml.models.base import DensityModel, LossOutput, Width
 from service.ml.models.latent_parts import (
     LatentDynamics,
     RecognitionRNN,
@@ -59,20 +59,20 @@ SeriesInput = SeriesBatch | Sequence[Series]
 class LatentODEConfig(BaseModel):
     """Architecture, likelihood and objective of a latent ODE."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     latent_dim: int = Field(6, ge=1, le=128, description="Dimension of z.")
     encoder: Literal["gru", "ode_rnn"] = Field(
         "gru", description="Recognition network: GRU, or ODE-RNN (ODE between observations)."
     )
     encoder_hidden: int = Field(32, ge=1, le=1024, description="GRU hidden size.")
-    encoder_ode_hidden: tuple[int, ...] = Field(
+    encoder_ode_hidden: tuple[Width, ...] = Field(
         (32,), max_length=4, description="Hidden widths of the ODE-RNN's dynamics."
     )
-    dynamics_hidden: tuple[int, ...] = Field(
+    dynamics_hidden: tuple[Width, ...] = Field(
         (64, 64), min_length=1, max_length=8, description="Hidden widths of the latent dynamics."
     )
-    decoder_hidden: tuple[int, ...] = Field(
+    decoder_hidden: tuple[Width, ...] = Field(
         (32,), max_length=8, description="Hidden widths of the decoder z -> x."
     )
     obs_noise_std: float = Field(
@@ -99,20 +99,6 @@ class LatentODEConfig(BaseModel):
     time_horizon: float = Field(
         4.0, gt=0, le=1000, description="Mean training series duration in model time units."
     )
-
-    @field_validator("encoder_ode_hidden", "dynamics_hidden", "decoder_hidden")
-    @classmethod
-    def _widths(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if any(w < 1 or w > 1024 for w in value):
-            raise ValueError("each hidden width must be between 1 and 1024")
-        return value
-
-    @field_validator("obs_noise_std", "min_prefix_fraction", "time_horizon")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
 
 
 class LatentODE(DensityModel):
