@@ -69,6 +69,10 @@ def _stop_worker(proc: subprocess.Popen) -> None:
         proc.wait(timeout=5)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_embedded(host: str, port: int, data_dir: Path) -> None:
     """Run database migrations, broker, worker and API until interrupted."""
     with ExitStack() as stack:
@@ -81,5 +85,8 @@ def run_embedded(host: str, port: int, data_dir: Path) -> None:
         from service.api.main import create_app
 
         log.info("odeserve on http://%s:%d (docs at /docs), worker pid %d", host, port, worker.pid)
-        # uvicorn installs its own SIGINT/SIGTERM handlers and returns from run() on either.
+        # uvicorn handles SIGINT/SIGTERM itself, then restores the previous handlers and re-raises the
+        # signal; SIGTERM's default handler would end the process before the stack stops the worker
+        # and Redis, so make it unwind like Ctrl-C does.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())

@@ -2,20 +2,30 @@
 
 Keying by digest means a retrained or replaced checkpoint is never served from a stale entry. Each
 entry carries a lock: inference on one model is serialised (the CNF keeps per-solve state), while
-different models run in parallel in the threadpool.
+different models run in parallel in the threadpool. Each entry's :class:`Batcher` merges concurrent
+density requests into one pass (``service.batching``).
+
+The cache also remembers, for ``SERVED_RUN_TTL_S``, which checkpoint a *succeeded* run serves, so a
+query on a hot run needs no database round trip. A succeeded run only changes by being deleted:
+``discard`` (called by ``DELETE /runs/{id}``) forgets it at once in this process; other API
+processes stop serving it within the TTL.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from service.batching import Batcher, BatchPolicy
 from service.ml.checkpoint import load_checkpoint
 from service.ml.models import DensityModel
 from service.store import ModelStore
 
-__all__ = ["CachedModel", "ModelCache"]
+__all__ = ["SERVED_RUN_TTL_S", "CachedModel", "ModelCache", "ServedRun"]
+
+SERVED_RUN_TTL_S = 2.0
 
 
 @dataclass
@@ -23,16 +33,47 @@ class CachedModel:
     model: DensityModel
     digest: str
     lock: threading.Lock = field(default_factory=threading.Lock)
+    policy: BatchPolicy = field(default_factory=BatchPolicy)
+    batcher: Batcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self.model, self.lock, self.policy)
+
+
+@dataclass(frozen=True)
+class ServedRun:
+    """What serving needs of a succeeded run's row."""
+
+    id: str
+    model: str
+    status: str
+    checkpoint_sha256: str
 
 
 class ModelCache:
     """Load checkpoints from ``store`` on first use; keep the ``capacity`` most recently used."""
 
-    def __init__(self, store: ModelStore, capacity: int = 8) -> None:
+    def __init__(self, store: ModelStore, capacity: int = 8, policy: BatchPolicy | None = None) -> None:
         self.store = store
         self.capacity = capacity
+        self.policy = policy or BatchPolicy()
         self._entries: OrderedDict[tuple[str, str], CachedModel] = OrderedDict()
+        self._runs: dict[str, tuple[float, ServedRun]] = {}
         self._lock = threading.Lock()
+
+    def recall(self, run_id: str) -> ServedRun | None:
+        """The succeeded run remembered by ``remember`` within the last ``SERVED_RUN_TTL_S``."""
+        hit = self._runs.get(run_id)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def remember(self, run: ServedRun) -> None:
+        with self._lock:
+            if len(self._runs) > 4 * self.capacity:  # drop expired ones; the map stays small
+                now = time.monotonic()
+                self._runs = {k: v for k, v in self._runs.items() if v[0] >= now}
+            self._runs[run.id] = (time.monotonic() + SERVED_RUN_TTL_S, run)
 
     def get(self, run_id: str, digest: str) -> CachedModel:
         """The model of ``run_id``; raises CheckpointError when its checkpoint fails verification."""
@@ -43,7 +84,7 @@ class ModelCache:
                 self._entries.move_to_end(key)
                 return entry
         loaded = load_checkpoint(self.store.run_dir(run_id), expected_digest=digest)
-        entry = CachedModel(model=loaded.model, digest=digest)
+        entry = CachedModel(model=loaded.model, digest=digest, policy=self.policy)
         with self._lock:
             entry = self._entries.setdefault(key, entry)
             self._entries.move_to_end(key)
@@ -51,8 +92,17 @@ class ModelCache:
                 self._entries.popitem(last=False)
         return entry
 
+    def loaded(self, run_id: str, digest: str) -> CachedModel | None:
+        """The entry if it is in memory (no loading: safe on the event loop), else None."""
+        with self._lock:
+            entry = self._entries.get((run_id, digest))
+            if entry is not None:
+                self._entries.move_to_end((run_id, digest))
+            return entry
+
     def discard(self, run_id: str) -> None:
         with self._lock:
+            self._runs.pop(run_id, None)
             for key in [k for k in self._entries if k[0] == run_id]:
                 del self._entries[key]
 

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import redis
 from celery import Celery
 
+from service.broker_scan import BrokerView, scan_broker
 from service.config import Settings
 
 __all__ = ["TRAIN_TASK", "CeleryDispatcher", "Dispatcher", "make_celery", "redis_client"]
@@ -42,7 +43,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue,
         task_routes={TRAIN_TASK: {"queue": settings.queue}},
-        task_time_limit=settings.max_run_seconds + 60,
+        task_time_limit=settings.hard_time_limit + 30,  # the heartbeat watchdog records it first
         task_soft_time_limit=settings.max_run_seconds,
         broker_transport_options=transport,
         result_backend_transport_options=transport,
@@ -84,5 +85,13 @@ class CeleryDispatcher:
         client = redis_client(self.settings.redis_url)
         try:
             client.ping()
+        finally:
+            client.close()
+
+    def scan(self, delivered_within_s: float) -> BrokerView:
+        """Run ids with a message in the training queue (see :mod:`service.broker_scan`)."""
+        client = redis_client(self.settings.redis_url)
+        try:
+            return scan_broker(client, self.settings.queue, delivered_within_s=delivered_within_s)
         finally:
             client.close()

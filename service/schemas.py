@@ -20,6 +20,7 @@ from service.ml.models import MODELS
 from service.ml.ode import SolverConfig
 from service.ml.series import SERIES_DATASETS
 from service.ml.training import TrainConfig
+from service.series_schemas import MAX_DENSITY_SERIES, SeriesIn
 
 __all__ = [
     "MAX_DENSITY_POINTS",
@@ -145,6 +146,9 @@ class RunOut(BaseModel):
     attempt: int
     checkpoint_sha256: str | None
     sweep_id: str | None
+    sweep_values: dict[str, Any] | None = Field(
+        None, description="This run's grid values when it belongs to a sweep ({path: value})."
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -174,6 +178,7 @@ class RunOut(BaseModel):
             attempt=row.attempt,
             checkpoint_sha256=row.checkpoint_sha256,
             sweep_id=row.sweep_id,
+            sweep_values=row.sweep_values,
             created_at=_utc(row.created_at),
             started_at=_utc(row.started_at),
             finished_at=_utc(row.finished_at),
@@ -210,12 +215,26 @@ class MetricPoint(BaseModel):
 
 
 class DensityRequest(BaseModel):
+    """Points for a point-density run, or ``series`` for a latent ODE run (exactly one of them)."""
+
     model_config = ConfigDict(extra="forbid")
 
     run_id: uuid.UUID
-    points: list[list[float]] = Field(
-        ..., min_length=1, max_length=MAX_DENSITY_POINTS, description="One point per row."
+    points: list[list[float]] | None = Field(
+        None, min_length=1, max_length=MAX_DENSITY_POINTS, description="One point per row."
     )
+    series: list[SeriesIn] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_DENSITY_SERIES,
+        description="Latent ODE runs: series scored with a lower bound on their log-likelihood.",
+    )
+
+    @model_validator(mode="after")
+    def _points_or_series(self) -> DensityRequest:
+        if (self.points is None) == (self.series is None):
+            raise ValueError("give exactly one of points (density runs) or series (latent ODE runs)")
+        return self
 
 
 class DensityOut(BaseModel):

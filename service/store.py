@@ -4,6 +4,8 @@ Layout (every name below the root is derived from a validated UUID, never from u
 
     <MODELS_STORE>/runs/<run uuid>/          checkpoint directory (see service.ml.checkpoint)
     <MODELS_STORE>/datasets/<dataset uuid>.pt uploaded points, a float32 (N, D) tensor
+    <MODELS_STORE>/runs/<run uuid>/plots/     cached figures (kind and digest from the API, see below)
+    <MODELS_STORE>/sweeps/<sweep uuid>/       cached sweep charts
 
 Files are written to a temporary sibling and renamed into place, so readers never see half a file.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -24,6 +27,9 @@ from torch import Tensor
 from service.ml.errors import CheckpointError
 
 __all__ = ["ModelStore", "atomic_write"]
+
+
+_PLAIN = re.compile(r"[a-z0-9_]{1,64}")
 
 
 def _uuid(value: uuid.UUID | str) -> str:
@@ -57,6 +63,22 @@ class ModelStore:
 
     def dataset_path(self, dataset_id: uuid.UUID | str) -> Path:
         return self.root / "datasets" / f"{_uuid(dataset_id)}.pt"
+
+    def plot_path(self, run_id: uuid.UUID | str, kind: str, digest: str, suffix: str = "png") -> Path:
+        """Cached figure ``runs/<uuid>/plots/<kind>-<digest>.<suffix>``.
+
+        ``kind`` and ``suffix`` come from the API's enums and ``digest`` from the run row; all are
+        checked to be plain lowercase words or hex anyway, so no user text reaches the path.
+        """
+        for part in (kind, suffix, digest):
+            if not _PLAIN.fullmatch(part):
+                raise ValueError(f"not a plain path component: {part!r}")
+        return self.run_dir(run_id) / "plots" / f"{kind}-{digest[:16]}.{suffix}"
+
+    def sweep_plot_path(self, sweep_id: uuid.UUID | str, content: str) -> Path:
+        """Cached chart of a sweep, keyed by a hash of what it shows (``content``)."""
+        key = hashlib.sha256(content.encode()).hexdigest()[:16]
+        return self.root / "sweeps" / _uuid(sweep_id) / f"plot-{key}.png"
 
     def remove_run(self, run_id: uuid.UUID | str) -> None:
         shutil.rmtree(self.run_dir(run_id), ignore_errors=True)

@@ -115,6 +115,14 @@ def _check_values(path: str, values: Any) -> list[Any]:
     return values
 
 
+def _blame(where: str, combo: Mapping[str, Any]) -> str:
+    """``grid.<path>`` when the grid sets ``where`` (or a parent of it), else ``base.<where>``."""
+    for path in combo:
+        if where == path or where.startswith(f"{path}."):
+            return f"grid.{path}"
+    return f"base.{where}"
+
+
 def _validate_request(request: dict[str, Any], model: str, combo: Mapping[str, Any]) -> None:
     """Build each config of one combination so a bad value fails at sweep creation, not mid-run."""
     for section, cls in _CONFIG_CLASSES.items():
@@ -127,13 +135,12 @@ def _validate_request(request: dict[str, Any], model: str, combo: Mapping[str, A
                 f"invalid {where} in sweep combination {dict(combo)}: {first['msg']}",
                 value=first.get("input"),
                 fix=f"change the values of grid.{where} or base.{where}",
-                field=f"grid.{where}" if where in combo else f"base.{where}",
+                field=_blame(where, combo),
             ) from None
     try:
         parse_model_config(model, request.get("model_config"))
     except ConfigError as exc:
-        where = exc.field or "model_config"
-        exc.field = f"grid.{where}" if where in combo else f"base.{where}"
+        exc.field = _blame(exc.field or "model_config", combo)
         raise
 
 

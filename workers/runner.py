@@ -20,17 +20,24 @@ from celery.exceptions import SoftTimeLimitExceeded
 from service.config import Settings
 from service.db import RunRow, SessionFactory, session_scope
 from service.db import repository as repo
+from service.db.leases import checkpoint_lease
 from service.ml.checkpoint import load_checkpoint, save_checkpoint
 from service.ml.data import DATASETS, PointData, load_dataset, point_data_from_tensor
 from service.ml.errors import DataError, OdeServeError, TrainingCanceled
 from service.ml.ode import SolverConfig
-from service.ml.series import load_series_dataset
+from service.ml.series import load_series_dataset, series_data_from_list
 from service.ml.training import ProgressEvent, TrainConfig, TrainingData, TrainState, fit, init_model
+from service.series_store import load_series
 from service.store import ModelStore
+from workers.heartbeat import Heartbeat
 
-__all__ = ["load_training_data", "pick_device", "run_job"]
+__all__ = ["TimeLimitReached", "load_training_data", "pick_device", "run_job"]
 
 log = logging.getLogger(__name__)
+
+
+class TimeLimitReached(Exception):
+    """The attempt ran past the soft time limit (checked between iterations)."""
 
 
 class RunLog(logging.LoggerAdapter):
@@ -53,12 +60,14 @@ def _finite(values: Mapping[str, Any]) -> dict[str, Any]:
 def load_training_data(
     dataset: Mapping[str, Any], seed: int, store: ModelStore, sessions: SessionFactory
 ) -> TrainingData:
-    """The data a run row refers to: an uploaded point set by id, or a built-in by name."""
+    """The data a run row refers to: an uploaded point set or series dataset by id, or a built-in."""
     if dataset.get("id"):
         with sessions() as session:
             row = repo.get_dataset(session, dataset["id"])
         if row is None:
             raise DataError(f"uploaded dataset {dataset['id']} no longer exists", field="dataset.id")
+        if row.kind == "series":
+            return series_data_from_list(row.name, load_series(store, row.id, row.sha256), seed=seed)
         points = store.load_points(row.id, row.sha256)
         return point_data_from_tensor(row.name, points, seed=seed)
     name = dataset["name"]
@@ -66,6 +75,12 @@ def load_training_data(
         sizes = {k: int(dataset[k]) for k in ("n_train", "n_test") if dataset.get(k)}
         return load_dataset(name, seed=seed, **sizes)
     return load_series_dataset(name, seed=seed)
+
+
+def _final_train_stats(history: list[dict[str, float]]) -> dict[str, float]:
+    """Model statistics averaged over the last 10 iterations (latent ODE: ``train_elbo``, nats/series)."""
+    tail = [h["elbo"] for h in history[-10:] if "elbo" in h]
+    return {"train_elbo": sum(tail) / len(tail)} if tail else {}
 
 
 def _on_device(data: TrainingData, device: str) -> TrainingData:
@@ -92,6 +107,7 @@ class Recorder:
         self.config, self.extra, self.log = config, extra, log
         self.pending: list[dict[str, Any]] = []
         self.last_poll = 0.0
+        self.started = time.monotonic()
         self.model: Any = None
 
     def on_progress(self, event: ProgressEvent) -> None:
@@ -129,6 +145,10 @@ class Recorder:
 
     def should_stop(self) -> bool:
         now = time.monotonic()
+        if now - self.started > self.settings.max_run_seconds:
+            raise TimeLimitReached(
+                f"the attempt ran past ODESERVE_MAX_RUN_SECONDS={self.settings.max_run_seconds}"
+            )
         if now - self.last_poll < self.settings.cancel_poll_s:
             return False
         self.last_poll = now
@@ -136,14 +156,14 @@ class Recorder:
             return repo.should_stop(session, self.attempt)
 
     def on_checkpoint(self, state: TrainState) -> None:
-        digest = save_checkpoint(
-            self.store.run_dir(self.attempt.run_id),
-            self.model,
-            train_config=self.config,
-            state=state,
-            extra=self.extra,
-        )
-        with self.sessions() as session:
+        with self.sessions() as session, checkpoint_lease(session, self.attempt):
+            digest = save_checkpoint(
+                self.store.run_dir(self.attempt.run_id),
+                self.model,
+                train_config=self.config,
+                state=state,
+                extra=self.extra,
+            )
             repo.record_checkpoint(session, self.attempt, sha256=digest, iteration=state.iteration)
         self.log.info("checkpoint at iteration %d (%s)", state.iteration, digest[:12])
 
@@ -170,7 +190,12 @@ def run_job(
     device = pick_device(settings)
     with session_scope(sessions) as session:
         attempt = repo.start_attempt(
-            session, run_id, device=device, worker=worker, max_attempts=settings.max_attempts
+            session,
+            run_id,
+            device=device,
+            worker=worker,
+            max_attempts=settings.max_attempts,
+            heartbeat_timeout_s=settings.heartbeat_timeout_s,
         )
         row = repo.get_run(session, run_id)
     if attempt is None or row is None:
@@ -187,6 +212,28 @@ def run_job(
         extra={"run_id": run_id, "dataset": row.dataset},
         log=rlog,
     )
+    heartbeat = Heartbeat(
+        attempt,
+        sessions,
+        interval_s=settings.heartbeat_interval_s,
+        hard_limit_s=settings.hard_time_limit,
+        log=rlog,
+    )
+    with heartbeat:
+        return _train(row, attempt, recorder, device, settings, sessions, store, rlog)
+
+
+def _train(
+    row: RunRow,
+    attempt: repo.Attempt,
+    recorder: Recorder,
+    device: str,
+    settings: Settings,
+    sessions: SessionFactory,
+    store: ModelStore,
+    rlog: RunLog,
+) -> str | None:
+    run_id, config = row.id, recorder.config
     try:
         data = load_training_data(row.dataset, config.seed, store, sessions)
         if not isinstance(data, PointData):
@@ -206,6 +253,7 @@ def run_job(
         metrics = _finite(
             {
                 "train_loss": result.final_loss,
+                **_final_train_stats(result.history),
                 **result.metrics,
                 "nfe_forward": result.nfe_forward,
                 "nfe_backward": result.nfe_backward,
@@ -213,10 +261,10 @@ def run_job(
                 "iterations_per_s": result.iterations / result.wall_s if result.wall_s > 0 else None,
             }
         )
-        digest = save_checkpoint(
-            store.run_dir(run_id), model, train_config=config, metrics=metrics, extra=recorder.extra
-        )
-        with sessions() as session:
+        with sessions() as session, checkpoint_lease(session, attempt):
+            digest = save_checkpoint(
+                store.run_dir(run_id), model, train_config=config, metrics=metrics, extra=recorder.extra
+            )
             repo.finish_succeeded(
                 session,
                 attempt,
@@ -234,9 +282,11 @@ def run_job(
         return _finish(sessions, attempt, rlog, "canceled")
     except OdeServeError as exc:
         return _finish(sessions, attempt, rlog, "failed", exc.kind, str(exc))
+    except TimeLimitReached as exc:
+        return _finish(sessions, attempt, rlog, "failed", "time_limit", str(exc))
     except SoftTimeLimitExceeded:
-        detail = f"the run exceeded ODESERVE_MAX_RUN_SECONDS={settings.max_run_seconds}"
-        return _finish(sessions, attempt, rlog, "failed", "timeout", detail)
+        detail = f"the attempt exceeded ODESERVE_MAX_RUN_SECONDS={settings.max_run_seconds}"
+        return _finish(sessions, attempt, rlog, "failed", "time_limit", detail)
     except Exception as exc:
         if type(exc).__module__.startswith("sqlalchemy"):
             raise  # database trouble: let the task's declared retry redeliver the job

@@ -1,17 +1,22 @@
-"""Celery signal handlers: per-process setup of logging and torch threads."""
+"""Celery signal handlers: per-process setup, and the reconciler thread of each worker."""
 
 from __future__ import annotations
 
 import logging
 
 import torch
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from service.config import get_settings
+from service.db import make_engine, make_session_factory
+from service.queue import CeleryDispatcher
+from service.reconcile import Reconciler
 
-__all__ = ["configure_process"]
+__all__ = ["configure_process", "start_reconciler", "stop_reconciler"]
 
 log = logging.getLogger(__name__)
+
+_reconciler: Reconciler | None = None
 
 
 def configure_process() -> None:
@@ -23,6 +28,21 @@ def configure_process() -> None:
     logging.getLogger("workers").setLevel(settings.log_level.upper())
 
 
+def start_reconciler() -> Reconciler:
+    """Reconcile now and every ``ODESERVE_RECONCILE_INTERVAL_S`` in a daemon thread of this worker."""
+    global _reconciler
+    settings = get_settings()
+    sessions = make_session_factory(make_engine(settings.database_url))
+    _reconciler = Reconciler(settings, sessions, CeleryDispatcher(settings), settings.reconcile_interval_s)
+    _reconciler.start()
+    return _reconciler
+
+
+def stop_reconciler() -> None:
+    if _reconciler is not None:
+        _reconciler.stop()
+
+
 @worker_process_init.connect
 def _on_process_init(**_: object) -> None:
     configure_process()
@@ -31,4 +51,10 @@ def _on_process_init(**_: object) -> None:
 @worker_ready.connect
 def _on_ready(**_: object) -> None:
     configure_process()  # the solo pool runs tasks in the main process
-    log.info("worker ready (torch threads: %d)", torch.get_num_threads())
+    start_reconciler()
+    log.info("worker ready (torch threads: %d), reconciler started", torch.get_num_threads())
+
+
+@worker_shutdown.connect
+def _on_shutdown(**_: object) -> None:
+    stop_reconciler()

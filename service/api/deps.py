@@ -1,4 +1,8 @@
-"""FastAPI dependencies as ``Annotated`` aliases; tests override them or pass parts to ``create_app``."""
+"""FastAPI dependencies as ``Annotated`` aliases; tests override them or pass parts to ``create_app``.
+
+The getters only read ``app.state``, so they are ``async def``: FastAPI runs a plain ``def``
+dependency in the threadpool, a round trip per dependency per request for an attribute read.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from service.config import Settings
+from service.db import SessionFactory
 from service.model_cache import ModelCache
 from service.queue import Dispatcher
 from service.store import ModelStore
@@ -17,17 +22,19 @@ __all__ = [
     "DispatcherDep",
     "ModelCacheDep",
     "SessionDep",
+    "SessionFactoryDep",
     "SettingsDep",
     "StoreDep",
     "get_dispatcher",
     "get_model_cache",
     "get_session",
+    "get_session_factory",
     "get_settings",
     "get_store",
 ]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -36,20 +43,26 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_model_cache(request: Request) -> ModelCache:
+async def get_session_factory(request: Request) -> SessionFactory:
+    """For routes that touch the database only sometimes: open a session when needed."""
+    return request.app.state.session_factory
+
+
+async def get_model_cache(request: Request) -> ModelCache:
     return request.app.state.model_cache
 
 
-def get_store(request: Request) -> ModelStore:
+async def get_store(request: Request) -> ModelStore:
     return request.app.state.store
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
+SessionFactoryDep = Annotated[SessionFactory, Depends(get_session_factory)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]

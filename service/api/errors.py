@@ -2,7 +2,8 @@
 
 ``{"type", "title", "status", "detail", "errors": [{"field", "message"}]}``. Core domain errors,
 request validation errors and HTTP exceptions are mapped here and nowhere else; bad input is always
-a 4xx naming the field, never a 500.
+a 4xx naming the field, never a 500. A checkpoint that fails its DB checksum (tampered, truncated,
+missing) is a ``409 checkpoint_error`` telling the client to retrain the run.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _STATUS_BY_KIND = {
     "config_error": 422,
     "unknown_name": 422,
     "solver_error": 422,
-    "checkpoint_error": 500,
+    "checkpoint_error": 409,  # missing or tampered checkpoint: the run must be retrained, not a 500
     "canceled": 409,
 }
 
@@ -116,9 +117,9 @@ async def _on_api_error(_: Request, exc: ApiError) -> JSONResponse:
 
 async def _on_domain_error(_: Request, exc: OdeServeError) -> JSONResponse:
     status = _STATUS_BY_KIND.get(exc.kind, 422)
-    if status >= 500:
-        log.error("server-side %s: %s", exc.kind, exc)
-    errors = [(exc.field or "body", str(exc))] if status < 500 else []
+    if exc.kind == "checkpoint_error":
+        log.error("checkpoint failed verification: %s", exc)
+    errors = [(exc.field or ("run_id" if exc.kind == "checkpoint_error" else "body"), str(exc))]
     extra = {"valid": exc.valid} if hasattr(exc, "valid") else None
     return problem_response(status, slug=exc.kind, detail=str(exc), errors=errors, extra=extra)
 
@@ -135,7 +136,16 @@ async def _on_pydantic_validation(_: Request, exc: ValidationError) -> JSONRespo
 
 async def _on_http_exception(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
-    return problem_response(exc.status_code, detail=detail, headers=getattr(exc, "headers", None))
+    errors = getattr(exc, "errors", ())
+    if exc.status_code == 400 and not errors:  # FastAPI's body parser: not UTF-8, nested too deeply
+        errors = [("body", detail)]
+    return problem_response(
+        exc.status_code,
+        slug=getattr(exc, "slug", None),
+        detail=detail,
+        errors=errors,
+        headers=getattr(exc, "headers", None),
+    )
 
 
 async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -11,11 +11,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import torch
-from fastapi import FastAPI
+from anyio import to_thread
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.telemetry import TelemetryConfig
 
+from service.api.auth import AUTH_RESPONSES, require_read_key
 from service.api.errors import install_error_handlers
-from service.api.routes import ROUTERS
+from service.api.limits import BodyLimitMiddleware
+from service.api.openapi_doc import install_openapi
+from service.api.routes import ROUTERS, ops
 from service.api.telemetry import Telemetry, TelemetryMiddleware
+from service.batching import BatchPolicy
 from service.config import Settings, get_settings
 from service.db import SessionFactory, make_engine, make_session_factory
 from service.model_cache import ModelCache
@@ -25,6 +32,8 @@ from service.store import ModelStore
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
+
+NO_OTEL: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 DESCRIPTION = """Train continuous normalizing flows (FFJORD, arXiv:1810.01367) and latent ODEs
 (arXiv:1907.03907) as background jobs, then query densities and samples of trained runs.
@@ -39,8 +48,9 @@ def create_app(
 ) -> FastAPI:
     """Build the app; parts not given are made from ``settings`` (the environment by default)."""
     settings = settings or get_settings()
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    # Serving batches are small and request threads need the cores too: one intra-op thread by default.
+    if threads := settings.torch_threads or settings.serve_torch_threads:
+        torch.set_num_threads(threads)
     owned_engine = None
     if session_factory is None:
         owned_engine = make_engine(settings.database_url)
@@ -48,20 +58,46 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Sync routes and large-input parsing run in anyio's threadpool (40 threads by default).
+        # Point queries await their batch on the loop and hold no thread while they wait.
+        to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         yield
         if owned_engine is not None:
             owned_engine.dispose()
 
-    app = FastAPI(title="odeserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # Metrics are Prometheus (service.api.telemetry). FastAPI's native OpenTelemetry hook would look
+    # up the global OTel providers (environment reads) on every request: about 8% of a 1-point
+    # density query's CPU under load (py-spy), for nothing unless OTel is configured.
+    app = FastAPI(
+        title="odeserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, telemetry=NO_OTEL
+    )
     store = ModelStore(settings.models_store)
     app.state.settings = settings
     app.state.session_factory = session_factory
     app.state.store = store
-    app.state.model_cache = ModelCache(store, settings.model_cache_size)
+    policy = BatchPolicy(
+        max_points=settings.batch_max_points,
+        max_wait_s=settings.batch_max_wait_ms / 1000,
+        timeout_s=settings.batch_timeout_s,
+    )
+    app.state.model_cache = ModelCache(store, settings.model_cache_size, policy)
     app.state.dispatcher = dispatcher or CeleryDispatcher(settings)
     app.state.telemetry = Telemetry()
     install_error_handlers(app)
     for router in ROUTERS:
-        app.include_router(router)
+        if router is ops.router:  # probes and metrics stay open (orchestrators call them)
+            app.include_router(router)
+        else:
+            app.include_router(router, dependencies=[Depends(require_read_key)], responses=AUTH_RESPONSES)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, exempt=("/datasets",))
+    if settings.cors_origin_list:  # off by default: no CORS headers unless origins are listed
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origin_list),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Location", "Retry-After"],
+        )
     app.add_middleware(TelemetryMiddleware, telemetry=app.state.telemetry)
+    install_openapi(app)
     return app

@@ -1,22 +1,40 @@
-"""Shared steps of the query routes: find a run, check it can serve, run the model under its lock."""
+"""Shared steps of the query routes: find a run, check it can serve, run the model under its lock.
+
+Point densities and samples go through the entry's batcher (``service.batching``): concurrent
+density requests on one model share a solve. Succeeded runs are remembered briefly by the model
+cache, so a query on a hot run costs no database round trip.
+"""
 
 from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from service.api.errors import ApiError
-from service.db import RunRow, RunStatus
+from service.batching import BatchTimeout
+from service.db import RunRow, RunStatus, SessionFactory
 from service.db import repository as repo
 from service.ml.errors import DataError
 from service.ml.models import MODELS
-from service.model_cache import CachedModel, ModelCache
+from service.model_cache import CachedModel, ModelCache, ServedRun
 
-__all__ = ["as_json_floats", "get_run_or_404", "log_density", "sample", "served_model"]
+__all__ = [
+    "as_json_floats",
+    "get_run_or_404",
+    "log_density",
+    "log_density_async",
+    "sample",
+    "sample_async",
+    "served_model",
+    "served_model_async",
+]
 
 
 def get_run_or_404(session: Session, run_id: uuid.UUID, field: str = "run_id") -> RunRow:
@@ -26,8 +44,38 @@ def get_run_or_404(session: Session, run_id: uuid.UUID, field: str = "run_id") -
     return row
 
 
-def served_model(session: Session, cache: ModelCache, run_id: uuid.UUID) -> tuple[RunRow, CachedModel]:
-    """The loaded model of a succeeded point-density run (404 unknown, 409 not succeeded)."""
+_QUERIES = {
+    "points": "GET/POST /density with points, GET /sample",
+    "series": "POST /predict, POST /density with series, GET /sample with t",
+}
+
+
+def served_model(
+    session: Session, cache: ModelCache, run_id: uuid.UUID, kind: str | None = "points"
+) -> tuple[ServedRun, CachedModel]:
+    """The loaded model of a succeeded run (404 unknown, 409 not succeeded).
+
+    ``kind``: the data kind the endpoint serves ("points" or "series"; None: any); another -> 422.
+    """
+    row = cache.recall(str(run_id)) or _succeeded_run(session, cache, run_id)
+    _check_kind(row, kind)
+    return row, cache.get(row.id, row.checkpoint_sha256)
+
+
+def _check_kind(row: ServedRun, kind: str | None) -> None:
+    has = MODELS[row.model].data_kind
+    if kind is not None and has != kind:
+        raise ApiError(
+            422,
+            "wrong_model_kind",
+            f"run {row.id} is a {row.model} model of {has} data; this endpoint serves models of {kind} "
+            f"data ({', '.join(n for n, m in MODELS.items() if m.data_kind == kind)})",
+            errors=[("run_id", f"{row.model} runs are queried with {_QUERIES.get(has, 'other routes')}")],
+        )
+
+
+def _succeeded_run(session: Session, cache: ModelCache, run_id: uuid.UUID) -> ServedRun:
+    """The run's row from the database; 409 unless it succeeded (then the cache remembers it)."""
     row = get_run_or_404(session, run_id)
     if row.status != RunStatus.succeeded or not row.checkpoint_sha256:
         raise ApiError(
@@ -37,22 +85,17 @@ def served_model(session: Session, cache: ModelCache, run_id: uuid.UUID) -> tupl
             errors=[("run_id", f"run status is {row.status}")],
             extra={"run_status": row.status},
         )
-    if MODELS[row.model].data_kind != "points":
-        raise ApiError(
-            422,
-            "wrong_model_kind",
-            f"run {row.id} is a {row.model} model of time series; this endpoint serves point densities",
-            errors=[("run_id", f"{row.model} runs are queried with POST /predict")],
-        )
-    return row, cache.get(row.id, row.checkpoint_sha256)
+    run = ServedRun(id=row.id, model=row.model, status=row.status, checkpoint_sha256=row.checkpoint_sha256)
+    cache.remember(run)
+    return run
 
 
 def _model_dtype(entry: CachedModel) -> torch.dtype:
     return next(entry.model.parameters()).dtype
 
 
-def log_density(entry: CachedModel, points: Tensor, field: str) -> list[float | None]:
-    """Log-density of ``points`` ``(N, D)``; 422 naming ``field`` when ``D`` is not the model's."""
+def _model_points(entry: CachedModel, points: Tensor, field: str) -> Tensor:
+    """``points`` in the model's dtype; 422 naming ``field`` when ``D`` is not the model's."""
     dim = entry.model.dim
     if points.shape[1] != dim:
         raise DataError(
@@ -61,16 +104,67 @@ def log_density(entry: CachedModel, points: Tensor, field: str) -> list[float | 
             fix=f"give exactly {dim} coordinates per point (expected dim {dim})",
             field=field,
         )
-    with entry.lock, torch.no_grad():
-        values = entry.model.log_prob(points.to(_model_dtype(entry)))
+    return points.to(_model_dtype(entry))
+
+
+def log_density(entry: CachedModel, points: Tensor, field: str) -> list[float | None]:
+    """Log-density of ``points`` ``(N, D)``; 422 naming ``field`` when ``D`` is not the model's."""
+    with _busy_as_503():
+        values = entry.batcher.log_prob(_model_points(entry, points, field))
     return as_json_floats(values.tolist())
 
 
 def sample(entry: CachedModel, n: int, seed: int) -> list[list[float | None]]:
-    generator = torch.Generator().manual_seed(seed)
-    with entry.lock, torch.no_grad():
-        samples = entry.model.sample(n, generator)
+    """``n`` samples of a generator seeded with ``seed``: the same for the same seed, under any load."""
+    with _busy_as_503():
+        samples = entry.batcher.sample(n, seed)
     return [as_json_floats(row) for row in samples.tolist()]
+
+
+# The event-loop side of the point routes: a remembered run whose model is loaded is served with no
+# threadpool round trip (each costs a thread handoff both ways); anything else runs in the pool.
+
+
+async def served_model_async(
+    sessions: SessionFactory, cache: ModelCache, run_id: uuid.UUID, kind: str | None = "points"
+) -> tuple[ServedRun, CachedModel]:
+    """``served_model`` without the threadpool when the run is remembered and its model loaded."""
+    run = cache.recall(str(run_id))
+    entry = cache.loaded(run.id, run.checkpoint_sha256) if run is not None else None
+    if run is None or entry is None:
+        return await run_in_threadpool(_served_model_in_session, sessions, cache, run_id, kind)
+    _check_kind(run, kind)
+    return run, entry
+
+
+def _served_model_in_session(
+    sessions: SessionFactory, cache: ModelCache, run_id: uuid.UUID, kind: str | None
+) -> tuple[ServedRun, CachedModel]:
+    with sessions() as session:
+        return served_model(session, cache, run_id, kind)
+
+
+async def log_density_async(entry: CachedModel, points: Tensor, field: str) -> list[float | None]:
+    """``log_density`` awaiting the batcher on the event loop."""
+    with _busy_as_503():
+        values = await entry.batcher.log_prob_async(_model_points(entry, points, field))
+    return as_json_floats(values.tolist())
+
+
+async def sample_async(entry: CachedModel, n: int, seed: int) -> list[list[float | None]]:
+    """``sample`` awaiting the batcher on the event loop."""
+    with _busy_as_503():
+        samples = await entry.batcher.sample_async(n, seed)
+    return [as_json_floats(row) for row in samples.tolist()]
+
+
+@contextmanager
+def _busy_as_503() -> Iterator[None]:
+    try:
+        yield
+    except BatchTimeout as exc:
+        busy = [("run_id", "the model is busy; try again shortly")]
+        raise ApiError(503, "model_busy", str(exc), errors=busy, headers={"Retry-After": "1"}) from None
 
 
 def as_json_floats(values: list[float]) -> list[float | None]:

@@ -1,7 +1,8 @@
-"""``odeserve`` console script: train, density, sample (and the service commands)."""
+"""``odeserve`` console script: train, density, sample, predict (and the service commands)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -11,12 +12,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from service.cli.common import cli_errors, configure_threads, write_rows
 from service.cli.plot import plot, sweep
-from service.cli.up import migrate, up
+from service.cli.predict import predict
+from service.cli.series_files import read_series_file
+from service.cli.up import migrate, reconcile, up
 from service.ml.checkpoint import load_checkpoint, save_checkpoint
 from service.ml.data import DATASETS, load_dataset, point_data_from_tensor, points_from_csv
-from service.ml.errors import DataError, UnknownNameError
-from service.ml.models import MODELS
+from service.ml.errors import ConfigError, DataError, UnknownNameError
+from service.ml.models import MODELS, DensityModel
 from service.ml.ode import SolverConfig
+from service.ml.series import SERIES_DATASETS, load_series_dataset, series_data_from_list
 from service.ml.training import ProgressEvent, TrainConfig, fit, init_model
 
 app = typer.Typer(help="Train and serve continuous-time generative models.", no_args_is_help=True)
@@ -28,12 +32,41 @@ def _load_training_data(dataset: str, seed: int):  # noqa: ANN202 - PointData or
     path = Path(dataset)
     if dataset in DATASETS:
         return load_dataset(dataset, seed=seed)
-    if path.suffix.lower() == ".csv" or path.exists():
+    if dataset in SERIES_DATASETS:
+        return load_series_dataset(dataset, seed=seed)
+    if path.suffix.lower() in (".csv", ".json") or path.exists():
         if not path.is_file():
-            raise DataError(f"no such CSV file: {dataset}", fix="give a readable CSV path")
+            raise DataError(f"no such file: {dataset}", fix="give a readable CSV or JSON path")
+        series = read_series_file(path)
+        if series is not None:
+            return series_data_from_list(path.stem, series, seed=seed)
         points = points_from_csv(path.read_bytes())
         return point_data_from_tensor(path.stem, points, seed=seed)
-    raise UnknownNameError("dataset", dataset, [*DATASETS, "<path to a .csv file>"])
+    files = "<path to a .csv file (points or series_id,time,...) or a .json file of series>"
+    raise UnknownNameError("dataset", dataset, [*DATASETS, *SERIES_DATASETS, files])
+
+
+def _model_config(model: str, text: str | None, divergence: str | None, dims: str | None) -> dict:
+    """``--model-config`` JSON overlaid with the shortcut flags (``--hidden-dims``: the ODE's widths)."""
+    example = "e.g. --model-config '{\"latent_dim\": 4}'"
+    try:
+        config = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--model-config is not valid JSON: {exc.msg}", fix=example) from None
+    if not isinstance(config, dict):
+        raise ConfigError("--model-config must be a JSON object", fix=example)
+    widths = "dynamics_hidden" if model == "latent_ode" else "hidden_dims"
+    flags = {"divergence": divergence, widths: _parse_dims(dims)}
+    return config | {k: v for k, v in flags.items() if v is not None}
+
+
+def _require_points(model: DensityModel, checkpoint: Path) -> None:
+    if model.data_kind != "points":
+        raise DataError(
+            f"{checkpoint} holds a {model.name} model of time series",
+            fix="use odeserve predict --checkpoint DIR --input series.json",
+            field="checkpoint",
+        )
 
 
 def _parse_dims(text: str | None) -> tuple[int, ...] | None:
@@ -51,7 +84,10 @@ def _parse_dims(text: str | None) -> tuple[int, ...] | None:
 @app.command()
 @cli_errors
 def train(
-    dataset: Annotated[str, typer.Option(help=f"Built-in ({', '.join(DATASETS)}) or a CSV path.")],
+    dataset: Annotated[
+        str,
+        typer.Option(help=f"Built-in ({', '.join([*DATASETS, *SERIES_DATASETS])}), a CSV or JSON path."),
+    ],
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
     model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODELS)}.")] = "ffjord",
     iterations: Annotated[int | None, typer.Option()] = None,
@@ -65,6 +101,9 @@ def train(
     max_num_steps: Annotated[int | None, typer.Option()] = None,
     divergence: Annotated[str | None, typer.Option(help="exact | hutchinson (ffjord).")] = None,
     hidden_dims: Annotated[str | None, typer.Option(help="Comma-separated widths.")] = None,
+    model_config: Annotated[
+        str | None, typer.Option(help="Model config as JSON, e.g. '{\"latent_dim\": 4}'.")
+    ] = None,
     threads: Threads = None,
 ) -> None:
     """Train a model and write a checkpoint directory."""
@@ -81,10 +120,15 @@ def train(
     solver = SolverConfig(**{k: v for k, v in solver_args.items() if v is not None})
     train_args = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "seed": seed}
     config = TrainConfig(**{k: v for k, v in train_args.items() if v is not None})
-    model_args = {"divergence": divergence, "hidden_dims": _parse_dims(hidden_dims)}
-    model_config = {k: v for k, v in model_args.items() if v is not None}
+    model_params = _model_config(model, model_config, divergence, hidden_dims)
     data = _load_training_data(dataset, seed)
-    network = init_model(model, model_config, data.dim, solver, config.seed)
+    if data.kind != MODELS[model].data_kind:
+        raise ConfigError(
+            f"model {model} trains on {MODELS[model].data_kind} data but {dataset} holds {data.kind}",
+            value=dataset,
+            fix=f"pick a {MODELS[model].data_kind} dataset or another --model",
+        )
+    network = init_model(model, model_params, data.dim, solver, config.seed)
     with Progress(
         TextColumn("[bold]training"),
         BarColumn(),
@@ -112,7 +156,9 @@ def train(
         "nfe_forward": result.nfe_forward,
         "nfe_backward": result.nfe_backward,
     }
-    save_checkpoint(out, network, train_config=config, metrics=metrics, extra={"dataset": data.name})
+    save_checkpoint(
+        out, network, train_config=config, state=result.state, metrics=metrics, extra={"dataset": data.name}
+    )
     summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
     typer.echo(f"saved {out}: {summary}")
 
@@ -128,6 +174,7 @@ def density(
     """Natural-log density of each input row."""
     configure_threads(threads)
     loaded = load_checkpoint(checkpoint)
+    _require_points(loaded.model, checkpoint)
     points = points_from_csv(input.read_bytes(), min_points=1)
     if points.shape[1] != loaded.model.dim:
         raise DataError(
@@ -152,15 +199,18 @@ def sample(
     """Draw N samples (rows of D comma-separated floats)."""
     configure_threads(threads)
     loaded = load_checkpoint(checkpoint)
+    _require_points(loaded.model, checkpoint)
     with torch.no_grad():
         samples = loaded.model.sample(n, torch.Generator().manual_seed(seed))
     write_rows(samples.tolist(), output)
 
 
 app.command("plot")(plot)
+app.command("predict")(predict)
 app.command("sweep")(sweep)
 app.command("up")(up)
 app.command("migrate")(migrate)
+app.command("reconcile")(reconcile)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

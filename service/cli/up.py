@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["migrate", "up"]
+__all__ = ["migrate", "reconcile", "up"]
 
 
 def up(
@@ -36,3 +36,24 @@ def migrate(
     url = Settings().database_url
     upgrade(url, revision)
     typer.echo(f"database at revision {revision}")
+
+
+def reconcile() -> None:
+    """One reconciler pass: republish queued runs the broker lost and requeue runs of dead workers."""
+    from service.config import Settings
+    from service.db import make_engine, make_session_factory
+    from service.queue import CeleryDispatcher
+    from service.reconcile import reconcile_once
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    report = reconcile_once(
+        settings, make_session_factory(make_engine(settings.database_url)), CeleryDispatcher(settings)
+    )
+    typer.echo(
+        f"republished {len(report.republished)}, requeued {len(report.requeued)}, "
+        f"canceled {len(report.canceled)}, still in the broker {len(report.skipped_live)}"
+        + (f"; broker error: {report.broker_error}" if report.broker_error else "")
+    )
+    if report.broker_error:
+        raise typer.Exit(1)

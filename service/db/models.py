@@ -1,8 +1,10 @@
-"""SQLAlchemy 2.0 tables: ``runs``, ``datasets`` and per-iteration ``run_metrics``.
+"""SQLAlchemy 2.0 tables: ``runs``, ``datasets``, per-iteration ``run_metrics`` and ``sweeps``.
 
 Job state lives here, not in Celery: the broker message carries only a run id. ``fence`` is a fencing
 token bumped at the start of every attempt; every write by a worker is conditioned on it, so a stale
 attempt (a worker presumed dead whose job was redelivered) cannot overwrite the current one.
+``heartbeat_at`` is stamped by a running job's heartbeat thread and ``enqueued_at`` whenever a broker
+message is published; the reconciler (``service.reconcile``) reads both to recover lost jobs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "DatasetRow", "RunMetricRow", "RunRow", "RunStatus", "utcnow"]
+__all__ = ["Base", "DatasetRow", "RunMetricRow", "RunRow", "RunStatus", "SweepRow", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -92,11 +94,15 @@ class RunRow(Base):
     checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
     checkpoint_iteration: Mapped[int | None] = mapped_column(Integer)
     sweep_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    sweep_index: Mapped[int | None] = mapped_column(Integer)  # position in the sweep's grid order
+    sweep_values: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {grid path: value}
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None] = mapped_column(index=True)
+    enqueued_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -114,3 +120,25 @@ class RunMetricRow(Base):
     nfe_forward: Mapped[int] = mapped_column(Integer)
     nfe_backward: Mapped[int] = mapped_column(Integer)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class SweepRow(Base):
+    """A parameter sweep: a base train request and a grid; its runs carry ``sweep_id``.
+
+    ``status`` is the sweep's own lifecycle, ``open`` or ``canceled`` (cancel requested); the status
+    the API reports is derived from the runs (see ``service.db.sweeps_repository.sweep_status``).
+    """
+
+    __tablename__ = "sweeps"
+    __table_args__ = (Index("ix_sweeps_created_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(64))
+    base: Mapped[dict[str, Any]] = mapped_column(JSON)
+    grid: Mapped[dict[str, Any]] = mapped_column(JSON)
+    grid_keys: Mapped[list[str]] = mapped_column(JSON)  # the grid's paths in request order
+    run_count: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    canceled_at: Mapped[datetime | None]

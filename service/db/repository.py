@@ -3,9 +3,10 @@
 State machine::
 
     queued ──start_attempt──▶ running ──finish_succeeded──▶ succeeded
-      │                        │  │  └──finish_failed─────▶ failed
-      │                        │  └──request_cancel──▶ canceling ──finish_canceled──▶ canceled
-      └──request_cancel───────────────────────────────────────────────────────────────▶ canceled
+      ▲ │                      │  │  └──finish_failed─────▶ failed
+      │ │                      │  └──request_cancel──▶ canceling ──finish_canceled──▶ canceled
+      │ └──request_cancel──────┼──────────────────────────────────────────────────────▶ canceled
+      └──requeue_stale─────────┘  (reconciler: heartbeat stale; see service.db.recovery)
 
 Worker writes are *fenced*: ``start_attempt`` bumps ``fence`` and returns it, and every later write
 is an ``UPDATE … WHERE fence = :fence``. A write from an older attempt matches no row and raises
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import delete, func, or_, select, update
@@ -97,7 +98,17 @@ def create_run(session: Session, **fields: Any) -> tuple[RunRow, bool]:
     key, digest = fields.get("idempotency_key"), fields.get("request_sha256")
     if key is not None and (existing := get_run_by_idempotency_key(session, key)) is not None:
         return _same_request(existing, digest), False
-    row = RunRow(status=RunStatus.queued.value, iteration=0, metrics={}, attempt=0, fence=0, **fields)
+    now = utcnow()
+    row = RunRow(
+        status=RunStatus.queued.value,
+        iteration=0,
+        metrics={},
+        attempt=0,
+        fence=0,
+        created_at=now,
+        enqueued_at=now,
+        **fields,
+    )
     session.add(row)
     try:
         session.commit()
@@ -205,12 +216,21 @@ def list_datasets(session: Session) -> list[DatasetRow]:
 
 
 def start_attempt(
-    session: Session, run_id: str, *, device: str, worker: str, max_attempts: int
+    session: Session,
+    run_id: str,
+    *,
+    device: str,
+    worker: str,
+    max_attempts: int,
+    heartbeat_timeout_s: float | None = None,
 ) -> Attempt | None:
     """Claim a delivered job: bump ``attempt`` and ``fence`` and mark it running.
 
     Returns None when there is nothing to do: the run is gone, finished, canceled (a ``canceling``
-    run that was redelivered ends ``canceled`` here) or has used up its attempts (then ``failed``).
+    run that was redelivered ends ``canceled`` here), has used up its attempts (then ``failed``), or
+    is ``running`` on another worker whose heartbeat is younger than ``heartbeat_timeout_s`` (a
+    duplicate message; the reconciler requeues the run if that worker goes silent). Metric rows past
+    the last checkpoint, left by a lost attempt, are deleted: the new attempt rewrites them.
     """
     row = get_run(session, run_id)
     if row is None or RunStatus(row.status).terminal:
@@ -220,6 +240,9 @@ def start_attempt(
     guard = (RunRow.id == run_id, RunRow.fence == row.fence)
     if row.status == RunStatus.canceling.value:
         _set(session, guard, status=RunStatus.canceled.value, finished_at=now)
+        return None
+    if _alive_elsewhere(row, worker, heartbeat_timeout_s, now):
+        log.info("run=%s is running on %s with a fresh heartbeat; ignoring duplicate", run_id, row.worker)
         return None
     if row.attempt >= max_attempts:
         _set(
@@ -231,6 +254,8 @@ def start_attempt(
             error_detail=f"the job was delivered {row.attempt} times without finishing",
         )
         return None
+    keep = row.checkpoint_iteration or 0
+    session.execute(delete(RunMetricRow).where(RunMetricRow.run_id == run_id, RunMetricRow.iteration > keep))
     claimed = _set(
         session,
         (*guard, RunRow.status.in_((RunStatus.queued.value, RunStatus.running.value))),
@@ -239,11 +264,24 @@ def start_attempt(
         fence=fence,
         device=device,
         worker=worker,
+        iteration=min(row.iteration, keep),
         started_at=row.started_at or now,
+        heartbeat_at=now,
         error_type=None,
         error_detail=None,
     )
     return Attempt(run_id, attempt, fence) if claimed else None
+
+
+def _alive_elsewhere(row: RunRow, worker: str, timeout_s: float | None, now: datetime) -> bool:
+    if timeout_s is None or row.status != RunStatus.running.value or row.worker == worker:
+        return False
+    beat = row.heartbeat_at
+    if beat is None:
+        return False
+    if beat.tzinfo is None:  # SQLite hands back naive UTC datetimes
+        beat = beat.replace(tzinfo=UTC)
+    return (now - beat).total_seconds() < timeout_s
 
 
 def _set(session: Session, where: Iterable[Any], **values: Any) -> bool:

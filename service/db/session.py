@@ -1,4 +1,9 @@
-"""Engines and session factories for SQLite (embedded mode, tests) and PostgreSQL."""
+"""Engines and session factories for SQLite (embedded mode, tests) and PostgreSQL.
+
+Every engine refuses text parameters containing NUL (``\x00``) with a :class:`DataError` (a 422 at the
+API) before they reach the driver: PostgreSQL cannot store NUL in text and would otherwise answer a
+hostile name or filter with a server error, and SQLite gets the same rule so both behave alike.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from service.ml.errors import DataError
 
 __all__ = ["SessionFactory", "make_engine", "make_session_factory", "session_scope"]
 
@@ -25,6 +32,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _has_nul(params: Any) -> bool:
+    if isinstance(params, str):
+        return "\x00" in params
+    if isinstance(params, dict):
+        return any(_has_nul(v) for v in params.values())
+    if isinstance(params, list | tuple):
+        return any(_has_nul(v) for v in params)
+    return False
+
+
+def _refuse_nul(_conn: Any, _cursor: Any, statement: str, params: Any, _context: Any, _many: bool) -> None:
+    if _has_nul(params):
+        raise DataError(
+            "text values may not contain NUL (\\x00) characters",
+            fix="remove NUL characters from names and filters",
+        )
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for ``url``; SQLite files get their directory created and safe pragmas."""
     parsed = make_url(url)
@@ -34,9 +59,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 10})
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    else:
+        kwargs.setdefault("pool_pre_ping", True)
+        engine = create_engine(url, **kwargs)
+    event.listen(engine, "before_cursor_execute", _refuse_nul)
+    return engine
 
 
 def make_session_factory(engine: Engine) -> SessionFactory:

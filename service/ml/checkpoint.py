@@ -89,9 +89,7 @@ def save_checkpoint(
     staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
-        torch.save(
-            {k: v.detach().cpu() for k, v in model.state_dict().items()}, staging / "model.pt"
-        )
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, staging / "model.pt")
         config = {
             "format_version": FORMAT_VERSION,
             **model.describe(),

@@ -88,7 +88,7 @@ def _toy(name: str, description: str, **extra: object) -> DatasetSpec:
 
 def _beta(name: str, description: str) -> DatasetSpec:
     mix = mixtures1d.MIXTURES[name]
-    return DatasetSpec(name, "points", 1, description, mix.sample, mix.log_prob)
+    return DatasetSpec(name, "points", 1, description, mix.sample, mix.log_prob, mix.entropy())
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -109,6 +109,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "checkerboard",
             "Uniform on 8 alternating 2x2 squares of [-4, 4]^2; exact density known.",
             true_log_prob=toy2d.checkerboard_log_prob,
+            entropy=math.log(32),  # uniform on 8 squares of area 4
         ),
         _toy("rings", "Four concentric rings of radii 0.75 to 3, noise 0.08."),
         _beta("beta_1", "Beta(1, 1) + 0.75: uniform on [0.75, 1.75]."),
@@ -162,6 +163,8 @@ def _error(message: str, fix: str, field: str, value: object = None) -> DataErro
 
 def _python_number(cell: object) -> float | None:
     """A JSON number as float, or None for anything else (booleans, strings, nulls, lists)."""
+    if type(cell) is float:  # JSON's common case, without the ABC check (~10x slower per cell)
+        return cell
     if isinstance(cell, bool) or not isinstance(cell, numbers.Real):
         return None
     try:
@@ -207,7 +210,7 @@ def _tabulate(
         )
     values: list[list[float]] = []
     for label, row in zip(labels, rows, strict=True):
-        if isinstance(row, str | bytes) or not isinstance(row, Sequence):
+        if type(row) is not list and (isinstance(row, str | bytes) or not isinstance(row, Sequence)):
             raise _error(
                 f"{label} is not a list of numbers", "send each point as a list", field, repr(row)[:80]
             )

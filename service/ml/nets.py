@@ -142,9 +142,7 @@ class ODENet(nn.Module):
             width = self.encoding.width
             layer_cls = PlainLinear
         dims = [width, *hidden_dims, dim]
-        self.layers = nn.ModuleList(
-            layer_cls(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)
-        )
+        self.layers = nn.ModuleList(layer_cls(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self._init_last_layer_small()
 
     def _init_last_layer_small(self) -> None:

@@ -144,6 +144,25 @@ def test_gaussians8_entropy_matches_a_monte_carlo_estimate() -> None:
     assert estimate == pytest.approx(spec.entropy, abs=0.01)
 
 
+def test_every_dataset_with_a_true_density_knows_its_entropy() -> None:
+    for name, spec in DATASETS.items():
+        assert (spec.entropy is not None) == (spec.true_log_prob is not None), name
+
+
+def test_checkerboard_entropy_is_log_32() -> None:
+    assert DATASETS["checkerboard"].entropy == pytest.approx(math.log(32), rel=1e-15)
+
+
+@pytest.mark.parametrize("name", ["beta_1", "beta_2", "beta_3", "beta_4"])
+def test_beta_mixture_entropy_matches_monte_carlo(name: str) -> None:
+    spec = DATASETS[name]
+    assert MIXTURES[name].entropy(cells=200_000) == pytest.approx(spec.entropy, abs=1e-6)
+    x = spec.sampler(200_000, _gen(9)).double()
+    assert -spec.true_log_prob(x).mean().item() == pytest.approx(spec.entropy, abs=0.01)
+    if name == "beta_1":
+        assert spec.entropy == pytest.approx(0.0, abs=1e-12)  # uniform on an interval of length 1
+
+
 def test_normal_1d_entropy_is_exact_and_matches_monte_carlo() -> None:
     spec = DATASETS["normal_1d"]
     assert spec.entropy == pytest.approx(0.5 * math.log(2 * math.pi * math.e * 0.49), rel=1e-12)

@@ -66,9 +66,7 @@ def test_hutchinson_is_unbiased_for_the_exact_trace(noise: str) -> None:
     x = torch.randn(1, 3, dtype=torch.float64).expand(20_000, 3).clone().requires_grad_(True)
     t = torch.tensor(0.2, dtype=torch.float64)
     generator = torch.Generator().manual_seed(0)
-    estimates, _ = hutchinson_divergence(
-        net(t, x), x, sample_noise((20_000, 3), noise, generator, x)
-    )
+    estimates, _ = hutchinson_divergence(net(t, x), x, sample_noise((20_000, 3), noise, generator, x))
     _, jac = net.forward_with_jacobian(t, x[:1])
     exact = jac[0].trace().item()
     stderr = estimates.std().item() / math.sqrt(estimates.numel())

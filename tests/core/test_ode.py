@@ -152,9 +152,7 @@ def test_non_finite_state_raises_solver_error() -> None:
 def test_nfe_counted_separately_for_adjoint_backward() -> None:
     func = Linear(torch.tensor([[-1.0]]))
     counter = NfeCounter()
-    out = solve(
-        func, torch.ones(1, 1), torch.tensor([0.0, 1.0]), SolverConfig(adjoint=True), counter
-    )
+    out = solve(func, torch.ones(1, 1), torch.tensor([0.0, 1.0]), SolverConfig(adjoint=True), counter)
     forward_only = counter.forward
     assert forward_only > 0 and counter.backward == 0
     out[-1].sum().backward()

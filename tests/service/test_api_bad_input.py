@@ -32,7 +32,7 @@ CASES = [
     ("lr nan", ("POST", "/train", {"content": b'{"model":"ffjord","dataset":{"name":"moons"},'
                                               b'"training":{"lr":NaN}}',
                                    "headers": {"content-type": "application/json"}}), 422, "training.lr"),
-    ("bad hidden dims", _train(model_config={"hidden_dims": [0]}), 422, "model_config.hidden_dims"),
+    ("bad hidden dims", _train(model_config={"hidden_dims": [0]}), 422, "model_config.hidden_dims.0"),
     ("unknown model_config key", _train(model_config={"depth": 3}), 422, "model_config.depth"),
     ("malformed json", ("POST", "/train", {"content": b"{", "headers": {"content-type": "application/json"}}),
      422, "body"),

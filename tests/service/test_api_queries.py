@@ -73,5 +73,5 @@ def test_tampered_checkpoint_is_refused(client, trained_run, settings, problem, 
     assert queue.run_pending() == ["succeeded"]
     weights = ModelStore(settings.models_store).run_dir(run["id"]) / "model.pt"
     weights.write_bytes(weights.read_bytes() + b"x")
-    body = problem(client.get("/sample", params={"run_id": run["id"], "n": 2}), 500)
-    assert body["type"].endswith("checkpoint_error")
+    body = problem(client.get("/sample", params={"run_id": run["id"], "n": 2}), 409, "run_id")
+    assert body["type"].endswith("checkpoint_error") and "retrain" in body["detail"]

@@ -87,7 +87,11 @@ def test_progress_replaces_rows_of_a_lost_attempt(sessions, run_id):
     first = _start(sessions, run_id)
     with sessions() as session:
         repo.record_progress(session, first, iteration=3, wall_s=0.3, metrics={}, history=rows)
-    second = _start(sessions, run_id)  # resumed from a checkpoint at iteration 1
+        repo.record_checkpoint(session, first, sha256="0" * 64, iteration=1)
+    second = _start(sessions, run_id)  # resumed from the checkpoint at iteration 1
+    with sessions() as session:  # rows past the checkpoint went with the lost attempt
+        assert [m.iteration for m in repo.run_metrics(session, run_id)] == [1]
+        assert repo.get_run(session, run_id).iteration == 1
     with sessions() as session:
         repo.record_progress(session, second, iteration=2, wall_s=0.2, metrics={}, history=rows[1:2])
         metrics = repo.run_metrics(session, run_id)

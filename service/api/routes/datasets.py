@@ -1,7 +1,12 @@
-"""``POST /datasets`` (JSON points or a CSV file upload) and ``GET /datasets`` (built-ins + uploads)."""
+"""``POST /datasets`` (JSON points or series, or a CSV upload) and ``GET /datasets`` (built-ins + uploads).
+
+A CSV whose header starts with ``series_id,time`` is a long-format time-series upload (one row per
+observation, an empty cell for a missing value); any other CSV is a point set.
+"""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -11,10 +16,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from torch import Tensor
 
+from service.api.auth import RequireWriteKey
 from service.api.deps import SessionDep, SettingsDep, StoreDep
 from service.api.errors import ApiError, validation_errors
 from service.db import repository as repo
 from service.ml.data import points_from_csv, points_from_rows
+from service.ml.errors import DataError
+from service.ml.series import Series
+from service.ml.series_io import series_from_csv, series_from_json
 from service.schemas import (
     BUILTIN_DATASETS,
     MAX_UPLOAD_POINTS,
@@ -23,16 +32,27 @@ from service.schemas import (
     DatasetUpload,
     Problem,
 )
+from service.series_schemas import SeriesUpload
+from service.series_store import save_series
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["datasets"])
 
+_REF = "#/components/schemas/{model}"
+
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/DatasetUpload"}},
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {k: v for k, v in model.model_json_schema(ref_template=_REF).items() if k != "$defs"}
+                        for model in (DatasetUpload, SeriesUpload)
+                    ]
+                }
+            },
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -41,7 +61,10 @@ _UPLOAD_BODY: dict[str, Any] = {
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": "CSV, one point per line",
+                            "description": (
+                                "CSV: one point per line, or series_id,time,value_1,... "
+                                "(one observation per line) for time series"
+                            ),
                         },
                         "name": {"type": "string", "maxLength": 200},
                     },
@@ -72,19 +95,47 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _from_json(request: Request, limit: int) -> tuple[str, Tensor]:
+def _has_series(body: bytes) -> bool:
     try:
-        upload = DatasetUpload.model_validate_json(await _read_limited(request, limit))
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):  # reported by pydantic below (nesting too deep included)
+        return False
+    return isinstance(parsed, dict) and "series" in parsed
+
+
+def _enough_series(series: list[Series], field: str) -> list[Series]:
+    if len(series) < 2:
+        raise DataError(
+            f"got {len(series)} series; a training set needs at least 2 (train/test split)",
+            value=len(series),
+            fix="upload two or more series",
+            field=field,
+        )
+    return series
+
+
+async def _from_json(request: Request, limit: int) -> tuple[str, Tensor | list[Series]]:
+    body = await _read_limited(request, limit)
+    try:
+        upload = (SeriesUpload if _has_series(body) else DatasetUpload).model_validate_json(body)
     except ValidationError as exc:
         errors = validation_errors(exc.errors())
         raise ApiError(
             422, "validation_error", errors[0][1] if errors else "invalid body", errors=errors
         ) from None
+    if isinstance(upload, SeriesUpload):
+        raw = [item.model_dump() for item in upload.series]
+        return upload.name, await run_in_threadpool(series_from_json, raw)
     points = await run_in_threadpool(points_from_rows, upload.points, field="points", min_points=2)
     return upload.name, points
 
 
-async def _from_form(request: Request, limit: int) -> tuple[str, Tensor]:
+def _is_series_csv(content: bytes) -> bool:
+    first = content.lstrip(b"\xef\xbb\xbf \t\r\n").split(b"\n", 1)[0]
+    return first.split(b",", 1)[0].strip().lower() == b"series_id"
+
+
+async def _from_form(request: Request, limit: int) -> tuple[str, Tensor | list[Series]]:
     form = await request.form(max_files=1, max_fields=4)
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
@@ -94,6 +145,9 @@ async def _from_form(request: Request, limit: int) -> tuple[str, Tensor]:
         raise _too_large(limit)
     name_field = form.get("name")
     name = str(name_field) if isinstance(name_field, str) and name_field else (upload.filename or "upload")
+    if _is_series_csv(content):
+        series = await run_in_threadpool(series_from_csv, content)
+        return name[:200], _enough_series(series, "file")
     points = await run_in_threadpool(points_from_csv, content, max_points=MAX_UPLOAD_POINTS)
     return name[:200], points
 
@@ -106,13 +160,21 @@ async def _from_form(request: Request, limit: int) -> tuple[str, Tensor]:
     responses={
         413: {"model": Problem, "description": "Upload over the byte limit (ODESERVE_MAX_UPLOAD_BYTES)"},
         415: {"model": Problem, "description": "Neither JSON nor multipart"},
-        422: {"model": Problem, "description": f"Invalid points (at most {MAX_UPLOAD_POINTS})"},
+        422: {
+            "model": Problem,
+            "description": (
+                f"Invalid points (at most {MAX_UPLOAD_POINTS}) or series (unsorted or duplicate "
+                "times, ragged values, NaN/inf, fewer than 3 points); the problem names the row, "
+                "series index or CSV line"
+            ),
+        },
     },
 )
 async def create_dataset(
-    request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep
+    request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep, _: RequireWriteKey
 ) -> DatasetOut:
-    """Upload a point set: JSON ``{"name", "points"}`` or a multipart CSV ``file`` (+ ``name``)."""
+    """Upload a point set or time series: JSON ``{"name", "points"}``, JSON ``{"name", "series":
+    [{"times", "values"}]}`` (null: missing value), or a multipart CSV ``file`` (+ ``name``)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
         raise _too_large(settings.max_upload_bytes)
@@ -129,16 +191,14 @@ async def create_dataset(
             errors=[("content-type", "send application/json or multipart/form-data with a CSV file")],
         )
     dataset_id = str(uuid.uuid4())
-    digest = await run_in_threadpool(store.save_points, dataset_id, points)
+    if isinstance(points, Tensor):
+        kind, dim, n = "points", int(points.shape[1]), int(points.shape[0])
+        digest = await run_in_threadpool(store.save_points, dataset_id, points)
+    else:
+        kind, dim, n = "series", points[0].dim, len(points)
+        digest = await run_in_threadpool(save_series, store, dataset_id, points)
     row = await run_in_threadpool(
-        repo.create_dataset,
-        session,
-        id=dataset_id,
-        name=name,
-        kind="points",
-        dim=int(points.shape[1]),
-        n=int(points.shape[0]),
-        sha256=digest,
+        repo.create_dataset, session, id=dataset_id, name=name, kind=kind, dim=dim, n=n, sha256=digest
     )
     return DatasetOut.from_row(row)
 

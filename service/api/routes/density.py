@@ -1,17 +1,28 @@
-"""``GET /density?run_id=&x=0.5,1.2&x=-1,0`` and ``POST /density`` (large batches)."""
+"""``GET /density?run_id=&x=0.5,1.2&x=-1,0`` and ``POST /density`` (large batches).
+
+Point queries are ``async``: small requests are parsed on the event loop and await the model's
+batcher (``service.batching``) there, so a hot 1-point query takes no threadpool round trip; large
+inputs are parsed in the threadpool so the loop is never blocked for long.
+"""
 
 from __future__ import annotations
 
 import math
 import uuid
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+from torch import Tensor
 
-from service.api.deps import ModelCacheDep, SessionDep
-from service.api.serving import log_density, served_model
+from service.api.deps import ModelCacheDep, SessionFactoryDep
+from service.api.series_serving import series_log_density
+from service.api.serving import log_density_async, served_model, served_model_async
+from service.db import SessionFactory
 from service.ml.data import MAX_DIM, points_from_rows
 from service.ml.errors import DataError
+from service.model_cache import ModelCache
 from service.schemas import MAX_DENSITY_POINTS, DensityOut, DensityRequest, Problem
 
 __all__ = ["parse_points_param", "router"]
@@ -53,9 +64,9 @@ def parse_points_param(values: list[str], field: str = "x") -> list[list[float]]
 
 
 @router.get("/density", response_model=DensityOut, responses=ERRORS)
-def density_get(
+async def density_get(
     run_id: uuid.UUID,
-    session: SessionDep,
+    sessions: SessionFactoryDep,
     cache: ModelCacheDep,
     x: Annotated[
         list[str],
@@ -67,14 +78,40 @@ def density_get(
     ],
 ) -> DensityOut:
     """Natural-log density of each point under a succeeded run's model."""
-    points = points_from_rows(parse_points_param(x), field="x", max_dim=MAX_DIM)
-    row, entry = served_model(session, cache, run_id)
-    return DensityOut(run_id=row.id, log_density=log_density(entry, points, "x"))
+    points = await _off_loop_if_large(len(x), _parse_get, x)
+    row, entry = await served_model_async(sessions, cache, run_id)
+    return DensityOut(run_id=row.id, log_density=await log_density_async(entry, points, "x"))
 
 
 @router.post("/density", response_model=DensityOut, responses=ERRORS)
-def density_post(body: DensityRequest, session: SessionDep, cache: ModelCacheDep) -> DensityOut:
-    """Like ``GET /density`` for up to ``MAX_DENSITY_POINTS`` points in a JSON body."""
-    points = points_from_rows(body.points, field="points", max_points=MAX_DENSITY_POINTS)
-    row, entry = served_model(session, cache, body.run_id)
-    return DensityOut(run_id=row.id, log_density=log_density(entry, points, "points"))
+async def density_post(body: DensityRequest, sessions: SessionFactoryDep, cache: ModelCacheDep) -> DensityOut:
+    """Like ``GET /density`` for up to ``MAX_DENSITY_POINTS`` points in a JSON body.
+
+    For a latent ODE run send ``series`` instead: each gets a lower bound on its log-likelihood.
+    """
+    if body.series is not None:
+        return await run_in_threadpool(_series_density, body, sessions, cache)
+    points = await _off_loop_if_large(len(body.points), _parse_post, body.points)
+    row, entry = await served_model_async(sessions, cache, body.run_id)
+    return DensityOut(run_id=row.id, log_density=await log_density_async(entry, points, "points"))
+
+
+def _series_density(body: DensityRequest, sessions: SessionFactory, cache: ModelCache) -> DensityOut:
+    with sessions() as session:
+        row, entry = served_model(session, cache, body.run_id, kind="series")
+        return DensityOut(run_id=row.id, log_density=series_log_density(entry, body.series))
+
+
+LOOP_PARSE_MAX_POINTS = 64  # larger inputs are parsed in the threadpool (about 2 us per point)
+
+
+async def _off_loop_if_large(count: int, parse: Callable[[Any], Tensor], rows: Any) -> Tensor:
+    return parse(rows) if count <= LOOP_PARSE_MAX_POINTS else await run_in_threadpool(parse, rows)
+
+
+def _parse_get(x: list[str]) -> Tensor:
+    return points_from_rows(parse_points_param(x), field="x", max_dim=MAX_DIM)
+
+
+def _parse_post(rows: list[list[float]]) -> Tensor:
+    return points_from_rows(rows, field="points", max_points=MAX_DENSITY_POINTS)

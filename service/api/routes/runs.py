@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Response
 
+from service.api.auth import RequireWriteKey
 from service.api.deps import ModelCacheDep, SessionDep, StoreDep
 from service.api.errors import ApiError
 from service.api.serving import get_run_or_404
@@ -78,7 +79,7 @@ def get_run(run_id: uuid.UUID, session: SessionDep) -> RunOut:
 
 
 @router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunOut, responses=NOT_FOUND)
-def cancel_run(run_id: uuid.UUID, session: SessionDep) -> RunOut:
+def cancel_run(run_id: uuid.UUID, session: SessionDep, _: RequireWriteKey) -> RunOut:
     """Queued runs end ``canceled`` at once; running ones stop at their next iteration."""
     get_run_or_404(session, run_id)
     row = repo.request_cancel(session, str(run_id))
@@ -100,7 +101,9 @@ def run_metrics(run_id: uuid.UUID, session: SessionDep) -> list[MetricPoint]:
     response_class=Response,
     responses={**NOT_FOUND, 409: {"model": Problem, "description": "Run is running"}},
 )
-def delete_run(run_id: uuid.UUID, session: SessionDep, store: StoreDep, cache: ModelCacheDep) -> Response:
+def delete_run(
+    run_id: uuid.UUID, session: SessionDep, store: StoreDep, cache: ModelCacheDep, _: RequireWriteKey
+) -> Response:
     """Remove a run, its metrics and its checkpoint (cancel a running run first)."""
     outcome = repo.delete_run(session, str(run_id))
     if outcome == "missing":

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Response
 from sqlalchemy.orm import Session
 
+from service.api.auth import RequireWriteKey
 from service.api.deps import DispatcherDep, SessionDep
 from service.api.errors import ApiError
 from service.db import repository as repo
@@ -18,7 +19,7 @@ from service.ml.errors import ConfigError
 from service.ml.models import MODELS, parse_model_config
 from service.schemas import BUILTIN_DATASETS, Problem, RunOut, TrainRequest
 
-__all__ = ["router"]
+__all__ = ["router", "run_fields"]
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +50,15 @@ def _request_digest(request: TrainRequest) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@router.post(
-    "/train",
-    status_code=202,
-    response_model=RunOut,
-    responses={
-        409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
-        422: {"model": Problem, "description": "Invalid request"},
-        503: {"model": Problem, "description": "Job queue unavailable"},
-    },
-)
-def train(
-    request: TrainRequest,
-    response: Response,
-    session: SessionDep,
-    dispatcher: DispatcherDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> RunOut:
-    """Queue a training run; poll ``Location`` (``GET /runs/{id}``) for its progress."""
+def run_fields(session: Session, request: TrainRequest) -> dict[str, Any]:
+    """Validate ``request`` beyond its schema and return the ``runs`` row fields of a new run.
+
+    Shared by ``POST /train`` and ``POST /sweeps`` (one run per grid combination).
+
+    Raises:
+        ConfigError: invalid model config, or a dataset of the wrong kind for the model.
+        ApiError: 422 for an unknown uploaded dataset id.
+    """
     model_name = request.model.value
     model_config = parse_model_config(model_name, request.model_params)
     dataset, kind, dataset_id = _dataset(session, request)
@@ -79,22 +71,46 @@ def train(
             fix=f"use a {wanted} dataset, e.g. one of: {', '.join(compatible)}",
             field="dataset",
         )
+    return {
+        "id": str(uuid.uuid4()),
+        "name": request.name,
+        "model": model_name,
+        "dataset": dataset,
+        "dataset_name": dataset["name"],
+        "dataset_id": dataset_id,
+        "model_config": model_config.model_dump(mode="json"),
+        "solver": request.solver.model_dump(mode="json"),
+        "training": request.training.model_dump(mode="json"),
+        "total": request.training.iterations,
+        "request_sha256": _request_digest(request),
+    }
+
+
+@router.post(
+    "/train",
+    status_code=202,
+    response_model=RunOut,
+    responses={
+        409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
+        422: {"model": Problem, "description": "Invalid request"},
+    },
+)
+def train(
+    request: TrainRequest,
+    response: Response,
+    session: SessionDep,
+    dispatcher: DispatcherDep,
+    _: RequireWriteKey,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> RunOut:
+    """Queue a training run; poll ``Location`` (``GET /runs/{id}``) for its progress.
+
+    The run is recorded before it is published, so it is accepted even while the broker is down: it
+    stays ``queued`` and the workers' reconciler publishes it once the broker is back.
+    """
+    fields = run_fields(session, request)
     try:
-        row, created = repo.create_run(
-            session,
-            id=str(uuid.uuid4()),
-            name=request.name,
-            model=model_name,
-            dataset=dataset,
-            dataset_name=dataset["name"],
-            dataset_id=dataset_id,
-            model_config=model_config.model_dump(mode="json"),
-            solver=request.solver.model_dump(mode="json"),
-            training=request.training.model_dump(mode="json"),
-            total=request.training.iterations,
-            idempotency_key=idempotency_key,
-            request_sha256=_request_digest(request),
-        )
+        row, created = repo.create_run(session, **fields, idempotency_key=idempotency_key)
     except repo.IdempotencyConflict as exc:
         raise ApiError(
             409,
@@ -111,9 +127,9 @@ def train(
 
 
 def _enqueue(session: Session, dispatcher: Any, run_id: str) -> None:
+    """Publish the run; when the broker is down it stays ``queued`` in the database (the source of
+    truth) and the reconciler publishes it after ``ODESERVE_QUEUED_GRACE_S`` (see service.reconcile)."""
     try:
         dispatcher.enqueue(run_id)
-    except Exception as exc:  # broker down: leave no orphan queued run behind
-        log.error("run=%s could not be queued: %s", run_id, exc)
-        repo.delete_run(session, run_id)
-        raise ApiError(503, "queue_unavailable", f"the job queue is unavailable: {exc}") from None
+    except Exception as exc:
+        log.warning("run=%s accepted but not published (broker down?): %s; the reconciler will", run_id, exc)

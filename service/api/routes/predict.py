@@ -1,0 +1,57 @@
+"""``POST /predict``: a latent ODE run's posterior prediction for one observed series."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.deps import ModelCacheDep, SessionDep
+from service.api.series_serving import predict
+from service.api.serving import served_model
+from service.schemas import Problem
+from service.series_schemas import (
+    MAX_PREDICT_SAMPLES,
+    MAX_PREDICT_TIMES,
+    MAX_SERIES_POINTS,
+    PredictOut,
+    PredictRequest,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["queries"])
+
+
+@router.post(
+    "/predict",
+    response_model=PredictOut,
+    responses={
+        404: {"model": Problem, "description": "Unknown run"},
+        409: {"model": Problem, "description": "Run has not succeeded (run_status says where it is)"},
+        422: {
+            "model": Problem,
+            "description": (
+                "Invalid series (unsorted times, ragged values, NaN), limits exceeded (times: "
+                f"{MAX_SERIES_POINTS}, predict_times: {MAX_PREDICT_TIMES}, n_samples: "
+                f"{MAX_PREDICT_SAMPLES}), or a run that is not a latent ODE"
+            ),
+        },
+    },
+)
+def predict_post(body: PredictRequest, session: SessionDep, cache: ModelCacheDep) -> PredictOut:
+    """Condition a latent ODE run on ``times``/``values`` and predict at ``predict_times``.
+
+    Query times inside the observed span interpolate, later ones extrapolate. ``mean`` and ``std``
+    are (P, D): the mean and spread of ``n_samples`` decoded draws of ``z0 ~ q(z0 | series)``
+    (plus the observation noise unless ``include_noise`` is false); the same ``seed`` gives the same
+    answer.
+    """
+    row, entry = served_model(session, cache, body.run_id, kind="series")
+    mean, std = predict(entry, body)
+    return PredictOut(
+        run_id=row.id,
+        predict_times=body.predict_times,
+        mean=mean,
+        std=std,
+        n_samples=body.n_samples,
+        seed=body.seed,
+    )

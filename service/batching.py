@@ -1,0 +1,236 @@
+"""Dynamic batching of queries on one loaded model: concurrent density requests share a solve.
+
+Density requests for the same model that wait at the same time are merged: their points are
+concatenated (at most ``max_points`` per pass; a larger request runs alone), one ``log_prob`` runs
+under ``torch.no_grad`` and each request gets its slice. While requests overlap, a request waits at
+most ``max_wait_s`` after arriving for companions (a lone client never waits: the wait is skipped
+unless the previous pass was contended); meanwhile the pass that is running gathers the next batch.
+
+One solver thread per model runs the passes; it starts on the first request and exits after
+``IDLE_EXIT_S`` without work, so a model that leaves the cache leaves no thread behind. Callers wait
+on a future: ``log_prob``/``sample`` block a thread, ``log_prob_async``/``sample_async`` await on the
+event loop without holding a threadpool thread (the API's hot path: no threadpool round trip).
+
+Semantics the callers rely on:
+
+* Adaptive dopri5 picks one step sequence for the whole batch (torchdiffeq's RMS error norm), so a
+  merged point's log-density can differ from its value in a solve of its own by solver-tolerance
+  amounts, exactly as a point's value already depends on the other points of its request.
+* Samples keep "same seed, same samples": each sample request is drawn with its own seeded generator
+  and integrated on its own (queued in order with the density passes). Merging the noise of several
+  requests into one solve would make each request's samples depend on its neighbours through the
+  shared adaptive steps. Sample requests are large (``n`` defaults to 1000), so a solve of their own
+  already runs at an efficient batch size.
+* Errors never poison a batch: when a merged pass fails (``SolverError`` on an extreme point, ...)
+  each of its requests is run alone, so every request gets exactly the answer it would get alone.
+* Nothing hangs: a request not answered within ``timeout_s`` raises :class:`BatchTimeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from service.ml.models import DensityModel
+
+__all__ = ["IDLE_EXIT_S", "BatchPolicy", "BatchTimeout", "Batcher"]
+
+IDLE_EXIT_S = 30.0
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How requests are merged: points per pass, wait for companions, and the give-up time."""
+
+    max_points: int = 1024
+    max_wait_s: float = 0.002
+    timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_points < 1 or self.max_wait_s < 0 or self.timeout_s <= 0:
+            raise ValueError(f"invalid {self}: need max_points >= 1, max_wait_s >= 0 and timeout_s > 0")
+
+
+class BatchTimeout(TimeoutError):
+    """A request was not answered within the policy's ``timeout_s``."""
+
+
+@dataclass(eq=False)
+class _Request:
+    kind: Literal["density", "sample"]
+    size: int
+    points: Tensor | None = None
+    seed: int = 0
+    arrived: float = field(default_factory=time.monotonic)
+    future: Future[Tensor] = field(default_factory=Future)
+
+
+class Batcher:
+    """Merges concurrent ``log_prob`` requests on ``model``; ``lock`` guards every model call."""
+
+    def __init__(
+        self, model: DensityModel, lock: threading.Lock | None = None, policy: BatchPolicy | None = None
+    ) -> None:
+        self.model = model
+        self.policy = policy or BatchPolicy()
+        self._model_lock = lock or threading.Lock()
+        self._cv = threading.Condition()
+        self._pending: deque[_Request] = deque()
+        self._thread: threading.Thread | None = None
+        self._idle = False  # the solver thread is waiting for work
+        self._contended = False  # the last batch had company: worth waiting for more
+        self.forward_passes = 0  # model calls made (a merged batch counts once)
+        self.requests = 0  # requests answered
+
+    # -- request side -------------------------------------------------------------------------
+
+    def log_prob(self, points: Tensor) -> Tensor:
+        """Log-density of ``points`` ``(N, D)`` -> ``(N,)``, possibly computed in a merged pass."""
+        return self._wait(self._submit(self._density(points)))
+
+    def sample(self, n: int, seed: int) -> Tensor:
+        """``n`` samples ``(n, D)`` from a generator seeded with ``seed`` (solved on their own)."""
+        return self._wait(self._submit(_Request("sample", n, seed=seed)))
+
+    async def log_prob_async(self, points: Tensor) -> Tensor:
+        """``log_prob`` for the event loop: awaits the pass instead of blocking a thread."""
+        return await self._await(self._submit(self._density(points)))
+
+    async def sample_async(self, n: int, seed: int) -> Tensor:
+        return await self._await(self._submit(_Request("sample", n, seed=seed)))
+
+    def _density(self, points: Tensor) -> _Request:
+        if points.dim() != 2 or points.shape[1] != self.model.dim or points.shape[0] < 1:
+            raise ValueError(f"points must be (N >= 1, {self.model.dim}), got {tuple(points.shape)}")
+        return _Request("density", int(points.shape[0]), points=points)
+
+    def _submit(self, req: _Request) -> Future[Tensor]:
+        with self._cv:
+            self._pending.append(req)
+            if self._thread is None:
+                self._start()
+            elif self._idle or self._queued_points() >= self.policy.max_points:
+                self._cv.notify()  # wake the idle solver, or one waiting for a batch that is now full
+        return req.future
+
+    def _start(self) -> None:
+        """Start the solver thread; the caller holds ``_cv``."""
+        self._thread = threading.Thread(target=self._serve, name="odeserve-batcher", daemon=True)
+        self._thread.start()
+
+    def _wait(self, future: Future[Tensor]) -> Tensor:
+        try:
+            return future.result(timeout=self.policy.timeout_s)
+        except FutureTimeout:
+            future.cancel()
+            raise self._timeout() from None
+
+    async def _await(self, future: Future[Tensor]) -> Tensor:
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.policy.timeout_s)
+        except TimeoutError:
+            future.cancel()  # skipped by the solver if it has not started on it yet
+            raise self._timeout() from None
+
+    def _timeout(self) -> BatchTimeout:
+        seconds = self.policy.timeout_s
+        return BatchTimeout(f"no answer within {seconds:g}s: the model is busy with other requests")
+
+    # -- solver thread ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            while (batch := self._collect()) is not None:
+                self._run(batch)
+        finally:
+            with self._cv:
+                if self._thread is threading.current_thread():  # died abnormally: hand over
+                    self._thread = None
+                    if self._pending:
+                        self._start()
+
+    def _collect(self) -> list[_Request] | None:
+        """The next batch; None (and the thread is forgotten) after ``IDLE_EXIT_S`` without work."""
+        policy = self.policy
+        with self._cv:
+            while not self._pending:
+                self._idle = True
+                woke = self._cv.wait(IDLE_EXIT_S)
+                self._idle = False
+                if not woke and not self._pending:
+                    self._thread = None
+                    return None
+            first = self._pending[0]
+            if first.kind == "density" and self._contended:
+                deadline = first.arrived + policy.max_wait_s
+                while self._queued_points() < policy.max_points:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cv.wait(remaining)
+            batch = self._take()
+            self._contended = len(batch) > 1 or bool(self._pending)
+        # Requests whose callers gave up (timed out) are dropped here, before any work is done.
+        return [r for r in batch if r.future.set_running_or_notify_cancel()]
+
+    def _take(self) -> list[_Request]:
+        """The oldest request, plus (for density) every queued density request that still fits."""
+        first = self._pending.popleft()
+        if first.kind != "density":
+            return [first]
+        batch, total, rest = [first], first.size, deque()
+        for req in self._pending:
+            if req.kind == "density" and total + req.size <= self.policy.max_points:
+                batch.append(req)
+                total += req.size
+            else:
+                rest.append(req)
+        self._pending = rest
+        return batch
+
+    def _queued_points(self) -> int:
+        return sum(r.size for r in self._pending if r.kind == "density")
+
+    def _run(self, batch: list[_Request]) -> None:
+        outcomes: list[tuple[Tensor | None, BaseException | None]] = []
+        try:
+            if len(batch) > 1:
+                try:
+                    values = self._call(lambda: self.model.log_prob(torch.cat([r.points for r in batch])))
+                    outcomes = [(v, None) for v in values.split([r.size for r in batch])]
+                except Exception:
+                    outcomes = []  # isolate the failure: every request gets its own answer
+            if not outcomes:
+                outcomes = [self._alone(r) for r in batch]
+        finally:
+            outcomes += [(None, RuntimeError("batch aborted"))] * (len(batch) - len(outcomes))
+            for req, (result, error) in zip(batch, outcomes, strict=True):
+                if error is None:
+                    req.future.set_result(result)
+                else:
+                    req.future.set_exception(error)
+            self.requests += len(batch)
+
+    def _alone(self, req: _Request) -> tuple[Tensor | None, BaseException | None]:
+        try:
+            if req.kind == "sample":
+                generator = torch.Generator().manual_seed(req.seed)
+                return self._call(lambda: self.model.sample(req.size, generator)), None
+            return self._call(lambda: self.model.log_prob(req.points)), None
+        except Exception as error:
+            return None, error
+
+    def _call(self, fn: Callable[[], Tensor]) -> Tensor:
+        with self._model_lock, torch.no_grad():
+            self.forward_passes += 1
+            return fn()

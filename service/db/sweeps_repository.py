@@ -1,0 +1,122 @@
+"""Sweep persistence: create a sweep with all its runs at once, read, list, cancel, derive status.
+
+A sweep's runs are ordinary ``runs`` rows with ``sweep_id`` set, ``sweep_index`` (position in the
+grid's cartesian order) and ``sweep_values`` (``{grid path: value}``). The worker never touches the
+``sweeps`` table: a sweep's reported status is derived from its runs by :func:`sweep_status`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from service.db.models import RunRow, RunStatus, SweepRow, utcnow
+
+__all__ = [
+    "SWEEP_STATUSES",
+    "cancel_sweep",
+    "create_sweep",
+    "get_sweep",
+    "list_sweeps",
+    "runs_by_sweep",
+    "sweep_runs",
+    "sweep_status",
+]
+
+SWEEP_STATUSES = ("queued", "running", "succeeded", "failed", "canceled", "partial", "empty")
+"""What ``sweep_status`` can return."""
+
+
+def sweep_status(statuses: Iterable[str]) -> str:
+    """The status of a sweep whose runs have ``statuses``.
+
+    ``queued``: every run is queued. ``running``: some run is running or canceling, or some are
+    done while others still wait. Once every run is terminal: the common status when they share
+    one (``succeeded``, ``failed``, ``canceled``), else ``partial``. ``empty``: its runs were deleted.
+    """
+    seen = set(statuses)
+    if not seen:
+        return "empty"
+    if seen == {RunStatus.queued.value}:
+        return "queued"
+    if not all(RunStatus(s).terminal for s in seen):
+        return "running"
+    return seen.pop() if len(seen) == 1 else "partial"
+
+
+def create_sweep(session: Session, sweep: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> SweepRow:
+    """Insert the sweep and its queued runs in one transaction (all or nothing)."""
+    row = SweepRow(status="open", **sweep)
+    session.add(row)
+    session.flush()  # the sweep row first: runs refer to it by id
+    session.add_all(
+        RunRow(status=RunStatus.queued.value, iteration=0, metrics={}, attempt=0, fence=0, **fields)
+        for fields in runs
+    )
+    session.commit()
+    return row
+
+
+def get_sweep(session: Session, sweep_id: str) -> SweepRow | None:
+    return session.get(SweepRow, sweep_id, populate_existing=True)
+
+
+def sweep_runs(session: Session, sweep_id: str) -> list[RunRow]:
+    """The sweep's runs in grid order."""
+    query = select(RunRow).where(RunRow.sweep_id == sweep_id).order_by(RunRow.sweep_index, RunRow.id)
+    return list(session.scalars(query))
+
+
+def runs_by_sweep(session: Session, sweep_ids: Sequence[str]) -> dict[str, list[RunRow]]:
+    """``{sweep id: its runs in grid order}`` for a page of sweeps, in one query."""
+    out: dict[str, list[RunRow]] = {sweep_id: [] for sweep_id in sweep_ids}
+    if not sweep_ids:
+        return out
+    query = select(RunRow).where(RunRow.sweep_id.in_(sweep_ids)).order_by(RunRow.sweep_index, RunRow.id)
+    for run in session.scalars(query):
+        out[run.sweep_id].append(run)  # type: ignore[index]
+    return out
+
+
+def list_sweeps(session: Session, *, limit: int, after: tuple[datetime, str] | None = None) -> list[SweepRow]:
+    """Newest first; ``after`` is the ``(created_at, id)`` of the last row of the previous page."""
+    query = select(SweepRow).order_by(SweepRow.created_at.desc(), SweepRow.id.desc()).limit(limit)
+    if after is not None:
+        created, last_id = after
+        query = query.where(
+            or_(
+                SweepRow.created_at < created,
+                (SweepRow.created_at == created) & (SweepRow.id < last_id),
+            )
+        )
+    return list(session.scalars(query))
+
+
+def cancel_sweep(session: Session, sweep_id: str) -> SweepRow | None:
+    """Mark the sweep canceled; its queued runs end ``canceled``, running ones turn ``canceling``.
+
+    Finished runs keep their results. Idempotent; returns None for an unknown sweep.
+    """
+    row = get_sweep(session, sweep_id)
+    if row is None:
+        return None
+    now = utcnow()
+    if row.status != "canceled":
+        row.status, row.canceled_at = "canceled", now
+    mine = RunRow.sweep_id == sweep_id
+    session.execute(
+        update(RunRow)
+        .where(mine, RunRow.status == RunStatus.queued.value)
+        .values(status=RunStatus.canceled.value, finished_at=now, updated_at=now)
+    )
+    session.execute(
+        update(RunRow)
+        .where(mine, RunRow.status == RunStatus.running.value)
+        .values(status=RunStatus.canceling.value, updated_at=now)
+    )
+    session.commit()
+    return get_sweep(session, sweep_id)

@@ -1,0 +1,192 @@
+"""Dynamic batching: merged passes give the unbatched answers, bad requests stay isolated.
+
+Unit tests drive ``Batcher`` from threads on a small FFJORD in float64 at tight tolerances, where
+a point's log-density no longer depends on the batch it was solved in beyond 1e-5 (at the serving
+default 1e-3 the shared adaptive steps move it by solver-tolerance amounts, see service.batching).
+API tests hit the real routes concurrently on the run trained by the worker code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import torch
+
+from service.batching import Batcher, BatchPolicy, BatchTimeout
+from service.ml.errors import SolverError
+from service.ml.models import build_model
+from service.ml.ode import SolverConfig
+
+TIGHT = SolverConfig(method="dopri5", rtol=1e-9, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    torch.manual_seed(0)
+    flow = build_model("ffjord", {"hidden_dims": [16]}, 2, TIGHT).double()
+    with torch.no_grad():  # a non-trivial flow (the last layer starts near zero)
+        last = flow.dynamics.net.layers[-1].linear
+        last.weight.normal_(0, 0.5)
+        last.bias.normal_(0, 0.2)
+    return flow
+
+
+def _points(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _concurrently(fn: Any, args: list[Any]) -> list[Any]:
+    """Call ``fn`` on every arg from its own thread, all released at once."""
+    barrier = threading.Barrier(len(args))
+
+    def call(arg: Any) -> Any:
+        barrier.wait()
+        try:
+            return fn(arg)
+        except Exception as error:  # returned, so the test can check which requests failed
+            return error
+
+    with ThreadPoolExecutor(len(args)) as pool:
+        return list(pool.map(call, args))
+
+
+def test_concurrent_requests_merge_and_match_unbatched_calls(model):
+    requests = [_points(1 + i % 3, seed=i) for i in range(12)]
+    with torch.no_grad():
+        expected = [model.log_prob(x) for x in requests]
+    # A long wait window makes the merge deterministic even on a loaded machine.
+    batcher = Batcher(model, policy=BatchPolicy(max_points=1024, max_wait_s=0.2))
+    batcher._contended = True
+    got = _concurrently(batcher.log_prob, requests)
+    for value, want in zip(got, expected, strict=True):
+        assert torch.allclose(value, want, atol=1e-5, rtol=0), (value, want)
+    assert batcher.requests == 12
+    assert batcher.forward_passes < 12  # merged: fewer passes than requests
+
+
+def test_lone_requests_do_not_wait_and_run_one_pass_each(model):
+    batcher = Batcher(model, policy=BatchPolicy(max_wait_s=5.0))
+    start = time.monotonic()
+    for i in range(3):
+        batcher.log_prob(_points(2, seed=i))
+    assert time.monotonic() - start < 5.0  # no contention: the wait window is skipped
+    assert batcher.forward_passes == 3
+
+
+def test_max_points_bounds_a_pass(model):
+    batcher = Batcher(model, policy=BatchPolicy(max_points=4, max_wait_s=0.2))
+    batcher._contended = True
+    got = _concurrently(batcher.log_prob, [_points(3, seed=i) for i in range(4)])
+    assert [v.shape for v in got] == [torch.Size([3])] * 4
+    assert batcher.forward_passes == 4  # 3 + 3 > 4: no two of them fit in one pass
+
+
+class FailsOnSentinel(torch.nn.Module):
+    """The model, but any pass containing the point (999, 999) fails like a blown-up solve."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model, self.dim = model, model.dim
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        if (x == 999).all(dim=1).any():
+            raise SolverError("the ODE state became non-finite", fix="test", field="solver")
+        return self.model.log_prob(x)
+
+
+def test_a_failing_request_does_not_poison_its_batch(model):
+    good = [_points(2, seed=i) for i in range(5)]
+    bad = torch.full((1, 2), 999.0, dtype=torch.float64)
+    with torch.no_grad():
+        expected = [model.log_prob(x) for x in good]
+    batcher = Batcher(FailsOnSentinel(model), policy=BatchPolicy(max_wait_s=0.3))
+    batcher._contended = True
+    got = _concurrently(batcher.log_prob, [*good[:2], bad, *good[2:]])
+    assert isinstance(got[2], SolverError)
+    for value, want in zip(got[:2] + got[3:], expected, strict=True):
+        assert torch.allclose(value, want, atol=1e-5, rtol=0)
+    assert batcher.forward_passes > 6  # the merged pass failed, then each request ran alone
+
+
+def test_wrong_shape_is_refused_at_submit(model):
+    batcher = Batcher(model)
+    with pytest.raises(ValueError, match="points must be"):
+        batcher.log_prob(torch.zeros(2, 3, dtype=torch.float64))
+    assert batcher.forward_passes == 0
+
+
+def test_samples_are_reproducible_per_seed_under_concurrency(model):
+    batcher = Batcher(model, policy=BatchPolicy(max_wait_s=0.05))
+    seeds = [3, 7, 3, 11, 7, 3]
+    got = _concurrently(lambda s: batcher.sample(5, s), seeds)
+    with torch.no_grad():
+        alone = {s: model.sample(5, torch.Generator().manual_seed(s)) for s in set(seeds)}
+    for seed, value in zip(seeds, got, strict=True):
+        assert torch.equal(value, alone[seed])
+
+
+def test_a_request_never_hangs(model):
+    batcher = Batcher(model, policy=BatchPolicy(timeout_s=0.05))
+    with batcher._model_lock:  # the model is busy elsewhere
+        with pytest.raises(BatchTimeout):
+            batcher.log_prob(_points(1, seed=0))
+        with pytest.raises(BatchTimeout):
+            asyncio.run(batcher.log_prob_async(_points(1, seed=1)))
+    batcher.policy = BatchPolicy(timeout_s=30)
+    assert batcher.log_prob(_points(1, seed=2)).shape == (1,)  # and it recovers
+
+
+def test_async_callers_share_passes(model):
+    batcher = Batcher(model, policy=BatchPolicy(max_wait_s=0.2))
+    batcher._contended = True
+    requests = [_points(1, seed=i) for i in range(8)]
+
+    async def main() -> list[torch.Tensor]:
+        return await asyncio.gather(*(batcher.log_prob_async(x) for x in requests))
+
+    got = asyncio.run(main())
+    with torch.no_grad():
+        for value, x in zip(got, requests, strict=True):
+            assert torch.allclose(value, model.log_prob(x), atol=1e-5, rtol=0)
+    assert batcher.forward_passes < 8
+
+
+# -- through the API --------------------------------------------------------------------------
+
+
+def test_concurrent_density_requests_match_single_calls(client, trained_run):
+    run_id = trained_run["id"]
+    xs = [f"{0.3 * i - 1:.2f},{0.5 - 0.2 * i:.2f}" for i in range(10)]
+    single = [client.get("/density", params={"run_id": run_id, "x": x}).json()["log_density"][0] for x in xs]
+    got = _concurrently(lambda x: client.get("/density", params={"run_id": run_id, "x": x}), xs)
+    assert all(r.status_code == 200 for r in got), [r.text for r in got]
+    values = [r.json()["log_density"][0] for r in got]
+    # This run's solver is dopri5 at rtol=atol=1e-3; a merged pass shares its adaptive steps.
+    assert values == pytest.approx(single, abs=5e-3)
+
+
+def test_bad_requests_in_the_same_window_do_not_poison_others(client, trained_run, problem):
+    run_id = trained_run["id"]
+    queries = [{"x": "0.1,0.2"}, {"x": "1,2,3"}, {"x": "0.5,-0.5"}, {"x": "nan,1"}, {"x": "-1,1"}]
+    got = _concurrently(lambda q: client.get("/density", params={"run_id": run_id, **q}), queries)
+    assert [r.status_code for r in got] == [200, 422, 200, 422, 200]
+    problem(got[1], 422, "x")
+    for query, response in zip(queries, got, strict=True):
+        if response.status_code == 200:
+            alone = client.get("/density", params={"run_id": run_id, **query}).json()["log_density"]
+            assert response.json()["log_density"] == pytest.approx(alone, abs=5e-3)
+
+
+def test_concurrent_samples_keep_their_seeds(client, trained_run):
+    run_id = trained_run["id"]
+    seeds = [1, 2, 1, 3, 2, 1]
+    got = _concurrently(lambda s: client.get("/sample", params={"run_id": run_id, "n": 7, "seed": s}), seeds)
+    samples = [r.json()["samples"] for r in got]
+    for seed, value in zip(seeds, samples, strict=True):
+        assert value == samples[seeds.index(seed)]
+    assert client.get("/sample", params={"run_id": run_id, "n": 7, "seed": 1}).json()["samples"] == samples[0]

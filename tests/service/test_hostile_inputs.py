@@ -1,0 +1,137 @@
+"""Hostile inputs: each is refused with a 4xx problem+json (never a 500), and the service stays healthy.
+
+NaN / infinity / 1e308, deep nesting, huge arrays and bodies, wrong content types, invalid UTF-8,
+path-like and SQL-looking ids, NUL characters, empty bodies. The client's body limit is 64 KiB
+(``tests/service/conftest.py``), so "10 MB" bodies exercise the 413 path.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+RUN = "{run}"  # replaced by the trained run's id
+TRAIN = {
+    "model": "ffjord",
+    "dataset": {"name": "8gaussians", "n_train": 300, "n_test": 50},
+    "model_config": {"hidden_dims": [8]},
+    "training": {"iterations": 3, "batch_size": 32},
+}
+JSON = {"content-type": "application/json"}
+TEN_MB = 10 * 1024 * 1024
+
+
+def _raw(method: str, path: str, body: bytes, content_type: str = "application/json") -> tuple:
+    return (method, path, {"content": body, "headers": {"content-type": content_type}})
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+CASES: list[tuple[str, tuple, set[int]]] = [
+    # (id, (method, path, request kwargs), acceptable statuses)
+    ("NaN literal in training.lr", _raw("POST", "/train", json.dumps(TRAIN).encode()[:-1]
+                                         + b', "solver": {"rtol": NaN}}'), {422}),
+    ("Infinity in density points", _raw("POST", "/density",
+                                        b'{"run_id": "{run}", "points": [[Infinity, 0]]}'), {422}),
+    ("-Infinity in dataset upload", _raw("POST", "/datasets",
+                                         b'{"name": "x", "points": [[1, 2], [-Infinity, 0]]}'), {422}),
+    ("nan in GET /density", ("GET", "/density", {"params": {"run_id": RUN, "x": "nan,0"}}), {422}),
+    ("inf as sample n", ("GET", "/sample", {"params": {"run_id": RUN, "n": "inf"}}), {422}),
+    ("1e308 in density points", ("POST", "/density", {"json": {"run_id": RUN, "points": [[1e308, 0]]}}),
+     {422}),
+    ("1e308 in GET /density", ("GET", "/density", {"params": {"run_id": RUN, "x": "1e308,0"}}), {422}),
+    ("1e308 in dataset upload", ("POST", "/datasets", {"json": {"name": "x", "points": [[1e308, 0]] * 20}}),
+     {422}),
+    ("1e308 learning rate", ("POST", "/train", {"json": {**TRAIN, "training": {"lr": 1e308}}}), {422}),
+    ("1e308 iterations", ("POST", "/train", {"json": {**TRAIN, "training": {"iterations": 1e308}}}), {422}),
+    ("1e308 as sample n", ("GET", "/sample", {"params": {"run_id": RUN, "n": "1e308"}}), {422}),
+    ("deeply nested JSON to /train", _raw("POST", "/train", _nested(20_000)), {400, 413, 422}),
+    ("deeply nested JSON to /density", _raw("POST", "/density", b'{"run_id": "{run}", "points": '
+                                            + _nested(5_000) + b"}"), {400, 422}),
+    ("deeply nested JSON to /datasets", _raw("POST", "/datasets", b'{"name": "a", "points": '
+                                             + _nested(5_000) + b"}"), {400, 422}),
+    ("deeply nested model_config", _raw("POST", "/train", json.dumps(TRAIN).encode()[:-1]
+                                        + b', "name": ' + _nested(3_000) + b"}"), {400, 422}),
+    ("huge array to /density", ("POST", "/density",
+                                {"json": {"run_id": RUN, "points": [[0.0, 0.0]] * 20_000}}), {413, 422}),
+    ("too many x in GET /density", ("GET", "/density", {"params": {"run_id": RUN, "x": ["0"] * 10_001}}),
+     {413, 414, 422, 431}),
+    ("too many columns", ("POST", "/density", {"json": {"run_id": RUN, "points": [[0.0] * 5_000]}}), {422}),
+    ("huge sample n", ("GET", "/sample", {"params": {"run_id": RUN, "n": 10**12}}), {422}),
+    ("train as text/plain", _raw("POST", "/train", json.dumps(TRAIN).encode(), "text/plain"), {415, 422}),
+    ("train as form", ("POST", "/train", {"data": {"model": "ffjord"}}), {415, 422}),
+    ("density as XML", _raw("POST", "/density", b"<points/>", "application/xml"), {415, 422}),
+    ("dataset as text/csv body", _raw("POST", "/datasets", b"1,2\n" * 20, "text/csv"), {415}),
+    ("invalid UTF-8 in CSV", ("POST", "/datasets",
+                              {"files": {"file": ("d.csv", b"\xff\xfe" + b"1,2\n" * 20)}}), {422}),
+    ("invalid UTF-8 in JSON upload", _raw("POST", "/datasets", b'{"name": "\xff", "points": [[1, 2]]}'),
+     {400, 422}),
+    ("invalid UTF-8 in /train", _raw("POST", "/train", b'{"model": "\xff\xfe"}'), {400, 422}),
+    ("path-like run id", ("GET", "/runs/../x", {}), {404, 422}),
+    ("encoded path-like run id", ("GET", "/runs/%2e%2e%2fx", {}), {404, 422}),
+    ("encoded traversal in cancel", ("POST", "/runs/..%2F..%2Fetc%2Fpasswd/cancel", {}), {404, 422}),
+    ("path-like run_id query", ("GET", "/density", {"params": {"run_id": "../../etc/passwd", "x": "0,0"}}),
+     {422}),
+    ("path-like dataset id", ("POST", "/train", {"json": {**TRAIN, "dataset": {"id": "../x"}}}), {422}),
+    ("SQL in run id", ("GET", "/runs/1' OR '1'='1", {}), {422}),
+    ("SQL in run_id query", ("GET", "/sample", {"params": {"run_id": "' OR 1=1 --"}}), {422}),
+    ("SQL in cursor", ("GET", "/runs", {"params": {"cursor": "' OR 1=1 --"}}), {422}),
+    ("SQL in status filter", ("GET", "/runs", {"params": {"status": "queued' OR '1'='1"}}), {422}),
+    ("SQL in delete id", ("DELETE", "/runs/x'; DROP TABLE runs; --", {}), {404, 422}),
+    ("NUL in a filter", ("GET", "/runs", {"params": {"dataset": "a\x00b"}}), {422}),
+    ("NUL in a dataset name", _raw("POST", "/datasets", b'{"name": "a\\u0000b", "points": [[1, 2], [3, 4]]}'),
+     {422}),
+    ("empty body to /train", _raw("POST", "/train", b""), {422}),
+    ("no body to /density", ("POST", "/density", {}), {422}),
+    ("empty body to /datasets", _raw("POST", "/datasets", b""), {422}),
+    ("empty multipart", _raw("POST", "/datasets", b"", "multipart/form-data; boundary=x"), {400, 422}),
+    ("10 MB body to /train", _raw("POST", "/train", b"[" + b"0," * (TEN_MB // 2) + b"0]"), {413}),
+    ("10 MB body to /density", _raw("POST", "/density", b" " * TEN_MB), {413}),
+    ("10 MB upload to /datasets", ("POST", "/datasets",
+                                   {"files": {"file": ("d.csv", b"1,2\n" * (TEN_MB // 4))}}), {413}),
+]  # fmt: skip
+
+
+def _fill(value: Any, run_id: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(RUN, run_id)
+    if isinstance(value, bytes):
+        return value.replace(RUN.encode(), run_id.encode())
+    if isinstance(value, dict):
+        return {k: _fill(v, run_id) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, run_id) for v in value]
+    return value
+
+
+@pytest.mark.parametrize(("request_", "statuses"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_hostile_input_is_a_4xx_problem(client, trained_run, request_, statuses):
+    method, path, kwargs = request_
+    kwargs = {k: (v if k == "files" else _fill(v, trained_run["id"])) for k, v in kwargs.items()}
+    response = client.request(method, path, **kwargs)
+    assert response.status_code in statuses, (response.status_code, response.text[:300])
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == response.status_code and body["detail"]
+
+
+def test_sql_looking_text_is_just_text(client, trained_run):
+    """Free-text filters and labels are bound parameters: SQL in them matches nothing and breaks nothing."""
+    listed = client.get("/runs", params={"dataset": "x' OR '1'='1"})
+    assert listed.status_code == 200 and listed.json()["items"] == []
+    assert client.get("/runs", params={"limit": 500}).json()["items"]  # the table is still there
+
+
+def test_service_is_healthy_after_the_table(client, trained_run):
+    for _, (method, path, kwargs), _statuses in CASES[:12]:
+        kwargs = {k: (v if k == "files" else _fill(v, trained_run["id"])) for k, v in kwargs.items()}
+        client.request(method, path, **kwargs)
+    assert client.get("/livez").json() == {"status": "ok"}
+    response = client.get("/density", params={"run_id": trained_run["id"], "x": ["0,0", "1,1"]})
+    assert response.status_code == 200 and len(response.json()["log_density"]) == 2
+    sample = client.get("/sample", params={"run_id": trained_run["id"], "n": 4, "seed": 1})
+    assert sample.status_code == 200 and len(sample.json()["samples"]) == 4
