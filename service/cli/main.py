@@ -15,7 +15,7 @@ from service.cli.plot import plot, sweep
 from service.cli.predict import predict
 from service.cli.series_files import read_series_file
 from service.cli.up import migrate, reconcile, up
-from service.ml.checkpoint import load_checkpoint, save_checkpoint
+from service.ml.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from service.ml.data import DATASETS, load_dataset, point_data_from_tensor, points_from_csv
 from service.ml.errors import ConfigError, DataError, UnknownNameError
 from service.ml.models import MODELS, DensityModel
@@ -163,6 +163,13 @@ def train(
     typer.echo(f"saved {out}: {summary}")
 
 
+def _load_points_model(checkpoint: Path, threads: int | None) -> LoadedCheckpoint:
+    configure_threads(threads)
+    loaded = load_checkpoint(checkpoint)
+    _require_points(loaded.model, checkpoint)
+    return loaded
+
+
 @app.command()
 @cli_errors
 def density(
@@ -172,9 +179,7 @@ def density(
     threads: Threads = None,
 ) -> None:
     """Natural-log density of each input row."""
-    configure_threads(threads)
-    loaded = load_checkpoint(checkpoint)
-    _require_points(loaded.model, checkpoint)
+    loaded = _load_points_model(checkpoint, threads)
     points = points_from_csv(input.read_bytes(), min_points=1)
     if points.shape[1] != loaded.model.dim:
         raise DataError(
@@ -197,9 +202,7 @@ def sample(
     threads: Threads = None,
 ) -> None:
     """Draw N samples (rows of D comma-separated floats)."""
-    configure_threads(threads)
-    loaded = load_checkpoint(checkpoint)
-    _require_points(loaded.model, checkpoint)
+    loaded = _load_points_model(checkpoint, threads)
     with torch.no_grad():
         samples = loaded.model.sample(n, torch.Generator().manual_seed(seed))
     write_rows(samples.tolist(), output)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +29,7 @@ from service.plots import (
     samples_png,
     sweep_png,
 )
+from service.plots.cache import write_atomic
 from service.sweeps import comparison_rows, expand_grid, markdown_table
 
 __all__ = ["PLOT_KINDS", "plot", "sweep"]
@@ -38,16 +37,6 @@ __all__ = ["PLOT_KINDS", "plot", "sweep"]
 PLOT_KINDS = ("density", "samples", "loss", "flow", "flow_gif", "forecast")
 FORECAST_KEYS = ("times", "values", "predict_times", "mean", "std")
 Threads = Annotated[int | None, typer.Option(help="Torch threads (default: cores, max 8).")]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _points(loaded: LoadedCheckpoint, dataset: str | None, seed: int) -> Any:
@@ -98,7 +87,7 @@ def plot(
     if kind not in PLOT_KINDS:
         raise UnknownNameError("plot kind", kind, list(PLOT_KINDS))
     if kind == "forecast":
-        _write_atomic(out, _forecast(input))
+        write_atomic(out, _forecast(input))
         typer.echo(f"wrote {out}")
         return
     if checkpoint is None:
@@ -120,7 +109,7 @@ def plot(
             "flow_gif": lambda: flow_gif(loaded.model, data.test),
         }
         image = makers[kind]()
-    _write_atomic(out, image)
+    write_atomic(out, image)
     typer.echo(f"wrote {out}")
 
 
@@ -239,6 +228,6 @@ def sweep(
     if out_dir is not None:
         summary = _finite({"base": request, "grid": parsed, "rows": rows, "runs": runs})
         text = json.dumps(summary, indent=2, default=str, allow_nan=False)
-        _write_atomic(out_dir / "sweep.json", text.encode())
-        _write_atomic(out_dir / "sweep.png", sweep_png(rows, next(iter(parsed))))
+        write_atomic(out_dir / "sweep.json", text.encode())
+        write_atomic(out_dir / "sweep.png", sweep_png(rows, next(iter(parsed))))
         typer.echo(f"wrote {out_dir / 'sweep.json'} and {out_dir / 'sweep.png'}", err=True)

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["cached_png"]
+__all__ = ["cached_png", "write_atomic"]
 
 
 def cached_png(path: Path, make: Callable[[], bytes]) -> bytes:
@@ -21,6 +21,12 @@ def cached_png(path: Path, make: Callable[[], bytes]) -> bytes:
     if path.is_file():
         return path.read_bytes()
     data = make()
+    write_atomic(path, data)
+    return data
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary sibling and ``os.replace`` (no partial files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
@@ -28,4 +34,3 @@ def cached_png(path: Path, make: Callable[[], bytes]) -> bytes:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return data
