@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from service.ml.errors import SolverError
-from service.ml.ode import NfeCounter, SolverConfig, State
+from service.ml.ode import NfeCounter, SolverConfig, State, fix_hint
 
 __all__ = ["DOPRI5", "ButcherTableau", "solve_inference"]
 
@@ -93,17 +93,10 @@ def _table(tableau: ButcherTableau, dtype: torch.dtype, device: torch.device) ->
     return table
 
 
-def _fix_hint(config: SolverConfig) -> str:
-    return (
-        f"loosen rtol/atol (now {config.rtol:g}/{config.atol:g}) or raise max_num_steps "
-        f"(now {config.max_num_steps})"
-    )
-
-
 def _non_finite(config: SolverConfig) -> SolverError:
     return SolverError(
         "the ODE state became non-finite (NaN or inf) during integration",
-        fix=f"{_fix_hint(config)}; or lower the learning rate",
+        fix=f"{fix_hint(config)}; or lower the learning rate",
         field="solver",
     )
 
@@ -359,7 +352,7 @@ def _integrate(stepper: _Stepper, times: list[float], rows: list[Tensor], config
                 raise SolverError(
                     f"step budget exhausted: dopri5 needed more than {config.max_num_steps} steps",
                     value=config.max_num_steps,
-                    fix=_fix_hint(config),
+                    fix=fix_hint(config),
                     field="solver.max_num_steps",
                 )
             steps += 1
@@ -369,7 +362,7 @@ def _integrate(stepper: _Stepper, times: list[float], rows: list[Tensor], config
                 raise SolverError(
                     "step size underflow in dopri5: the dynamics became too stiff",
                     value=dt_step,
-                    fix=_fix_hint(config),
+                    fix=fix_hint(config),
                     field="solver",
                 )
             ratio = stepper.step(t, dt_step)

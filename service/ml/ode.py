@@ -26,6 +26,7 @@ __all__ = [
     "NfeCounter",
     "SolverConfig",
     "SolverInfo",
+    "fix_hint",
     "State",
     "solve",
     "solver_errors",
@@ -140,7 +141,8 @@ class _CountedDynamics(nn.Module):
         return self.func(t, state)
 
 
-def _fix_hint(config: SolverConfig) -> str:
+def fix_hint(config: SolverConfig) -> str:
+    """How to get past a failed solve with this configuration (used in every SolverError)."""
     if config.adaptive:
         return (
             f"loosen rtol/atol (now {config.rtol:g}/{config.atol:g}) or raise max_num_steps "
@@ -164,7 +166,7 @@ def solver_errors(config: SolverConfig) -> Iterator[None]:
             message = "the ODE state became non-finite (NaN or inf) during integration"
         else:
             message = f"the ODE solver failed: {text[:200]}"
-        raise SolverError(message, value=text[:200], fix=_fix_hint(config), field="solver") from None
+        raise SolverError(message, value=text[:200], fix=fix_hint(config), field="solver") from None
 
 
 def _fixed_grid(config: SolverConfig) -> Callable[[object, Tensor, Tensor], Tensor]:
@@ -177,7 +179,7 @@ def _fixed_grid(config: SolverConfig) -> Callable[[object, Tensor, Tensor], Tens
                 f"step budget exhausted: {steps} fixed steps of {config.step_size:g} over "
                 f"[{float(t[0]):g}, {float(t[-1]):g}] exceed max_num_steps={config.max_num_steps}",
                 value=steps,
-                fix=_fix_hint(config),
+                fix=fix_hint(config),
                 field="solver.max_num_steps",
             )
         # Subdivide each requested interval so every output time lies exactly on the grid.
@@ -244,7 +246,7 @@ def solve(
     if not _all_finite(solution):
         raise SolverError(
             "the ODE solution contains NaN or inf",
-            fix=f"{_fix_hint(config)}; or lower the learning rate",
+            fix=f"{fix_hint(config)}; or lower the learning rate",
             field="solver",
         )
     return solution

@@ -8,6 +8,7 @@ so adding a model is one file plus one registry line.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar
@@ -18,10 +19,17 @@ from torch import Tensor, nn
 
 from service.ml.ode import NfeCounter, SolverConfig
 
-__all__ = ["DensityModel", "LossOutput", "Width"]
+__all__ = ["LOG_2PI", "DensityModel", "LossOutput", "Width", "standard_normal_log_prob"]
 
 Width = Annotated[int, Field(ge=1, le=1024)]
 """A hidden-layer width accepted in model configs."""
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """``log N(z; 0, I)`` summed over the last axis: ``(..., D) -> (...)``."""
+    return -0.5 * (z.square() + LOG_2PI).sum(-1)
 
 
 @dataclass

@@ -26,13 +26,12 @@ from torch import Tensor, nn
 
 from service.ml.divergence import hutchinson_divergence, sample_noise
 from service.ml.inference import solve_inference
-from service.ml.models.base import DensityModel, LossOutput, Width
+from service.ml.models.base import DensityModel, LossOutput, Width, standard_normal_log_prob
 from service.ml.nets import ODENet, build_odenet
 from service.ml.ode import SolverConfig, State, solve
 
 __all__ = ["FFJORD", "FFJORDConfig"]
 
-LOG_2PI = math.log(2 * math.pi)
 EVAL_CHUNK = 8192
 
 
@@ -105,11 +104,6 @@ class CNFDynamics(nn.Module):
         if not grad_outside:
             return f.detach(), div.detach(), frob.detach()
         return f, div, frob
-
-
-def standard_normal_log_prob(z: Tensor) -> Tensor:
-    """``log N(z; 0, I)`` per row: ``(B, D) -> (B,)``."""
-    return -0.5 * (z.square().sum(-1) + z.shape[-1] * LOG_2PI)
 
 
 class FFJORD(DensityModel):

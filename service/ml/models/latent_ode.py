@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from service.ml.errors import DataError
-from service.ml.models.base import DensityModel, LossOutput, Width
+from service.ml.models.base import DensityModel, LossOutput, Width, standard_normal_log_prob
 from service.ml.models.latent_parts import (
     LatentDynamics,
     RecognitionRNN,
@@ -44,7 +44,6 @@ from service.ml.models.latent_parts import (
     normal_kl,
     normal_log_density,
     solve_on_grid,
-    standard_normal_log_density,
 )
 from service.ml.ode import NfeCounter, SolverConfig
 from service.ml.series import Series, SeriesBatch, collate
@@ -238,7 +237,7 @@ class LatentODE(DensityModel):
         pred = self.decode(z0, tau)
         target = batch.mask * batch.valid.unsqueeze(-1)
         log_lik = masked_gaussian_log_density(values, pred, self.config.obs_noise_std, target)
-        log_w = log_lik + standard_normal_log_density(z0) - normal_log_density(z0, mean, std)
+        log_w = log_lik + standard_normal_log_prob(z0) - normal_log_density(z0, mean, std)
         bound = torch.logsumexp(log_w, 0) - math.log(k) - self._log_scale(target)
         return batch, bound, pred.mean(0) * self.scale + self.loc
 

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from service.ml.models.base import LOG_2PI
 from service.ml.ode import NfeCounter, SolverConfig, solve
 
 __all__ = [
@@ -27,10 +28,7 @@ __all__ = [
     "normal_kl",
     "normal_log_density",
     "solve_on_grid",
-    "standard_normal_log_density",
 ]
-
-LOG_2PI = math.log(2 * math.pi)
 
 
 def mlp(dim_in: int, hidden: tuple[int, ...], dim_out: int) -> nn.Sequential:
@@ -166,11 +164,6 @@ def masked_gaussian_log_density(x: Tensor, mean: Tensor, std: float, mask: Tenso
 def normal_kl(mean: Tensor, std: Tensor) -> Tensor:
     """``KL(N(mean, diag std^2) || N(0, I))`` per row: (B, L) -> (B,)."""
     return 0.5 * (mean.square() + std.square() - 1 - 2 * std.log()).sum(-1)
-
-
-def standard_normal_log_density(z: Tensor) -> Tensor:
-    """``log N(z; 0, I)`` summed over the last axis."""
-    return -0.5 * (z.square() + LOG_2PI).sum(-1)
 
 
 def normal_log_density(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:
