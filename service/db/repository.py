@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,6 +32,7 @@ __all__ = [
     "Attempt",
     "IdempotencyConflict",
     "StaleAttempt",
+    "after_keyset",
     "count_by_status",
     "create_dataset",
     "create_run",
@@ -148,15 +149,15 @@ def list_runs(
         query = query.where(or_(RunRow.dataset_name == dataset, RunRow.dataset_id == dataset))
     if sweep_id is not None:
         query = query.where(RunRow.sweep_id == sweep_id)
-    if after is not None:
-        created, last_id = after
-        query = query.where(
-            or_(
-                RunRow.created_at < created,
-                (RunRow.created_at == created) & (RunRow.id < last_id),
-            )
-        )
-    return list(session.scalars(query))
+    return list(session.scalars(after_keyset(query, RunRow, after)))
+
+
+def after_keyset(query: Select, row: Any, after: tuple[datetime, str] | None) -> Select:
+    """Keyset pagination, newest first: rows strictly after ``(created_at, id)`` of the last page."""
+    if after is None:
+        return query
+    created, last_id = after
+    return query.where(or_(row.created_at < created, (row.created_at == created) & (row.id < last_id)))
 
 
 def request_cancel(session: Session, run_id: str) -> RunRow | None:

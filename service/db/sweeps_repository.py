@@ -11,10 +11,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.db.models import RunRow, RunStatus, SweepRow, utcnow
+from service.db.repository import after_keyset
 
 __all__ = [
     "SWEEP_STATUSES",
@@ -85,15 +86,7 @@ def runs_by_sweep(session: Session, sweep_ids: Sequence[str]) -> dict[str, list[
 def list_sweeps(session: Session, *, limit: int, after: tuple[datetime, str] | None = None) -> list[SweepRow]:
     """Newest first; ``after`` is the ``(created_at, id)`` of the last row of the previous page."""
     query = select(SweepRow).order_by(SweepRow.created_at.desc(), SweepRow.id.desc()).limit(limit)
-    if after is not None:
-        created, last_id = after
-        query = query.where(
-            or_(
-                SweepRow.created_at < created,
-                (SweepRow.created_at == created) & (SweepRow.id < last_id),
-            )
-        )
-    return list(session.scalars(query))
+    return list(session.scalars(after_keyset(query, SweepRow, after)))
 
 
 def cancel_sweep(session: Session, sweep_id: str) -> SweepRow | None:
