@@ -10,7 +10,8 @@ and the headlines: time to reach the reference's NLL / reference time, KL (test 
 the reference's wall time, and the NFE-per-iteration ratio.
 
 Run: ``python -m benchmarks.bench_train [--quick] [--datasets 8gaussians checkerboard]``
-(full: R=1500, about 9 minutes for the reference alone, the same again per candidate; quick: R=150).
+(full: R=1500, about 9 minutes for the reference alone and the same again per candidate, each
+dataset in its own process side by side; quick: R=150).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from typing import Any
 
 import torch
@@ -33,41 +36,48 @@ EVAL_SOLVER = SolverConfig(rtol=1e-5, atol=1e-5, max_num_steps=10_000)
 
 @dataclass(frozen=True)
 class Preset:
-    """One training recipe: model config, solver and optimiser settings."""
+    """One training recipe: model config, solver (None: the model's default) and optimiser settings."""
 
     model: dict[str, Any]
-    solver: SolverConfig
+    solver: SolverConfig | None
     batch_size: int
     lr: float
 
 
+_TRAIN_DEFAULTS = TrainConfig()
+DEFAULT = "default: 2x64 exact rk4-h0.5 RNODE-0.01 b256 lr3e-3"
 PRESETS: dict[str, Preset] = {
     "reference": Preset(
-        {"hidden_dims": (64, 64, 64), "divergence": "hutchinson"},
+        {"hidden_dims": (64, 64, 64), "divergence": "hutchinson", "kinetic_weight": 0, "jacobian_weight": 0},
         SolverConfig(rtol=1e-5, atol=1e-5, adjoint=True),
         100,
         1e-3,
     ),
-    "2x64 exact dopri5-1e-3 b256 lr3e-3": Preset(
-        {"hidden_dims": (64, 64), "divergence": "exact"}, SolverConfig(rtol=1e-3, atol=1e-3), 256, 3e-3
+    # Exactly what POST /train gives with no model_config, solver or training settings.
+    DEFAULT: Preset({}, None, _TRAIN_DEFAULTS.batch_size, _TRAIN_DEFAULTS.lr),
+    "previous default: 2x64 exact dopri5-1e-3 b256 lr3e-3": Preset(
+        {"kinetic_weight": 0, "jacobian_weight": 0}, SolverConfig(rtol=1e-3, atol=1e-3), 256, 3e-3
     ),
-    "2x64 exact dopri5-1e-3 b512 lr5e-3": Preset(
-        {"hidden_dims": (64, 64), "divergence": "exact"}, SolverConfig(rtol=1e-3, atol=1e-3), 512, 5e-3
+    "2x64 exact dopri5-1e-3 RNODE-0.01 b256 lr5e-3": Preset(
+        {}, SolverConfig(rtol=1e-3, atol=1e-3), 256, 5e-3
     ),
-    "2x64 exact rk4-h0.1 b256 lr3e-3": Preset(
-        {"hidden_dims": (64, 64), "divergence": "exact"},
-        SolverConfig(method="rk4", step_size=0.1),
-        256,
-        3e-3,
+    "2x64 exact rk4-h0.25 RNODE-0.01 b256 lr3e-3": Preset(
+        {}, SolverConfig(method="rk4", step_size=0.25), 256, 3e-3
     ),
-    "2x64 exact dopri5-1e-3 RNODE-0.01 b256 lr3e-3": Preset(
-        {"hidden_dims": (64, 64), "divergence": "exact", "kinetic_weight": 0.01, "jacobian_weight": 0.01},
-        SolverConfig(rtol=1e-3, atol=1e-3),
-        256,
-        3e-3,
+    "2x64 exact rk4-h0.5 RNODE-0.01 b256 lr5e-3": Preset(
+        {}, SolverConfig(method="rk4", step_size=0.5), 256, 5e-3
     ),
 }
-QUICK_PRESETS = ["reference", "2x64 exact dopri5-1e-3 b256 lr3e-3", "2x64 exact rk4-h0.1 b256 lr3e-3"]
+FULL_PRESETS = ["reference", DEFAULT, "previous default: 2x64 exact dopri5-1e-3 b256 lr3e-3"]
+QUICK_PRESETS = FULL_PRESETS
+
+
+def eval_times(budget_s: float) -> list[float]:
+    """Training times at which candidates are evaluated: every 1 s for the first 30 s (where the
+    time-to-reference-NLL headline is decided), every 2 s to 60 s, then 15 more up to the budget."""
+    dense = [float(t) for t in range(1, 31)] + [float(t) for t in range(32, 61, 2)]
+    sparse = [60.0 + (budget_s - 60.0) * k / 15 for k in range(1, 16)] if budget_s > 60 else []
+    return [t for t in dense if t < budget_s] + sparse
 
 
 @dataclass
@@ -113,22 +123,22 @@ def train(
     *,
     max_iterations: int | None,
     max_train_s: float | None,
-    eval_every_s: float | None = None,
+    eval_at_s: list[float] | None = None,
     eval_every_iters: int | None = None,
     seed: int,
 ) -> Run:
     """Train preset ``name`` until ``max_iterations`` or ``max_train_s`` of training time.
 
-    Test NLL is evaluated every ``eval_every_s`` seconds of training or every ``eval_every_iters``
+    Test NLL is evaluated once training time passes each of ``eval_at_s``, every ``eval_every_iters``
     iterations, and at the end.
     """
     preset = PRESETS[name]
     model = init_model("ffjord", preset.model, data.train.shape[1], preset.solver, seed)
     config = TrainConfig(iterations=200_000, batch_size=preset.batch_size, lr=preset.lr, seed=seed)
-    run, eval_total, next_eval = Run(name), 0.0, eval_every_s or float("inf")
+    run, eval_total, pending = Run(name), 0.0, sorted(eval_at_s or [])
 
     def on_progress(event: ProgressEvent) -> None:
-        nonlocal eval_total, next_eval
+        nonlocal eval_total
         run.iterations = event.iteration
         run.train_s = event.wall_s - eval_total
         run.nfe_forward += event.nfe_forward
@@ -137,11 +147,13 @@ def train(
             max_train_s is not None and run.train_s >= max_train_s
         )
         due_iter = eval_every_iters is not None and run.iterations % eval_every_iters == 0
-        if run.train_s >= next_eval or due_iter or done:
+        due_time = bool(pending) and run.train_s >= pending[0]
+        while pending and run.train_s >= pending[0]:
+            pending.pop(0)
+        if due_time or due_iter or done:
             start = time.perf_counter()
             nll = _evaluate(model, test)
             eval_total += time.perf_counter() - start
-            next_eval = run.train_s + (eval_every_s or float("inf"))
             run.curve.append({"iteration": run.iterations, "train_s": run.train_s, "test_nll": nll})
             print(f"  {name}: it {run.iterations} t {run.train_s:.1f}s nll {nll:.4f}", flush=True)
 
@@ -173,72 +185,84 @@ def headline(candidate: Run, reference: Run, entropy: float) -> dict[str, Any]:
     }
 
 
+def bench_dataset(
+    dataset: str, names: list[str], r_iters: int, eval_points: int, seed: int, threads: int
+) -> tuple[dict[str, Any], list[list[Any]]]:
+    """Reference then each candidate on one dataset; returns its results entry and table rows."""
+    torch.set_num_threads(threads)
+    from service.ml.data import load_dataset
+
+    data = load_dataset(dataset, seed=seed)
+    test = data.test[:eval_points]
+    entropy = float(data.entropy) if getattr(data, "entropy", None) is not None else float("nan")
+    print(f"{dataset}: reference for {r_iters} iterations", flush=True)
+    reference = train(
+        "reference",
+        data,
+        test,
+        max_iterations=r_iters,
+        max_train_s=None,
+        eval_every_iters=max(1, r_iters // 10),
+        seed=seed,
+    )
+    runs = {"reference": reference}
+    for name in names[1:]:
+        print(f"{dataset}: {name} for {reference.train_s:.0f}s", flush=True)
+        runs[name] = train(
+            name,
+            data,
+            test,
+            max_iterations=None,
+            max_train_s=reference.train_s,
+            eval_at_s=eval_times(reference.train_s),
+            seed=seed,
+        )
+    entry: dict[str, Any] = {"entropy": entropy, "reference_iterations": r_iters, "runs": {}}
+    rows = []
+    for name, run in runs.items():
+        summary = run.summary()
+        if name != "reference":
+            summary["headline"] = headline(run, reference, entropy)
+        entry["runs"][name] = summary
+        h = summary.get("headline", {})
+        ratio = h.get("time_to_target_ratio")
+        rows.append(
+            [
+                dataset,
+                name,
+                run.iterations,
+                f"{summary['s_per_iter'] * 1e3:.1f}",
+                f"{summary['nfe_forward_per_iter']:.1f}",
+                f"{summary['nfe_backward_per_iter']:.1f}",
+                f"{summary['final_test_nll']:.4f}",
+                f"{summary['final_test_nll'] - entropy:.4f}",
+                "-" if name == "reference" else ("not reached" if ratio is None else f"{ratio:.4f}"),
+                "-" if name == "reference" else f"{h['nfe_per_iter_ratio']:.2f}",
+            ]
+        )
+    return entry, rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="R=150 and three presets")
-    parser.add_argument("--datasets", nargs="+", default=["8gaussians"])
+    parser.add_argument("--quick", action="store_true", help="R=150")
+    parser.add_argument("--datasets", nargs="+", default=["8gaussians", "checkerboard"])
     parser.add_argument("--presets", nargs="+", default=None, help=f"subset of {list(PRESETS)}")
     parser.add_argument("--reference-iterations", type=int, default=None, help="R (default 1500; quick 150)")
     parser.add_argument("--eval-points", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per dataset process")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from service.ml.data import load_dataset  # written alongside; imported late for a clear error
-
     r_iters = args.reference_iterations or (150 if args.quick else 1500)
-    names = args.presets or (QUICK_PRESETS if args.quick else list(PRESETS))
+    names = args.presets or (QUICK_PRESETS if args.quick else FULL_PRESETS)
     names = ["reference"] + [n for n in names if n != "reference"]
-    results: dict[str, Any] = {}
-    rows = []
-    for dataset in args.datasets:
-        data = load_dataset(dataset, seed=args.seed)
-        test = data.test[: args.eval_points]
-        entropy = float(data.entropy) if getattr(data, "entropy", None) is not None else float("nan")
-        print(f"{dataset}: reference for {r_iters} iterations", flush=True)
-        reference = train(
-            "reference",
-            data,
-            test,
-            max_iterations=r_iters,
-            max_train_s=None,
-            eval_every_iters=max(1, r_iters // 10),
-            seed=args.seed,
-        )
-        runs = {"reference": reference}
-        for name in names[1:]:
-            print(f"{dataset}: {name} for {reference.train_s:.0f}s", flush=True)
-            runs[name] = train(
-                name,
-                data,
-                test,
-                max_iterations=None,
-                max_train_s=reference.train_s,
-                eval_every_s=reference.train_s / 15,
-                seed=args.seed,
-            )
-        results[dataset] = {"entropy": entropy, "reference_iterations": r_iters, "runs": {}}
-        for name, run in runs.items():
-            summary = run.summary()
-            if name != "reference":
-                summary["headline"] = headline(run, reference, entropy)
-            results[dataset]["runs"][name] = summary
-            h = summary.get("headline", {})
-            ratio = h.get("time_to_target_ratio")
-            rows.append(
-                [
-                    dataset,
-                    name,
-                    run.iterations,
-                    f"{summary['s_per_iter'] * 1e3:.1f}",
-                    f"{summary['nfe_forward_per_iter']:.1f}",
-                    f"{summary['nfe_backward_per_iter']:.1f}",
-                    f"{summary['final_test_nll']:.4f}",
-                    f"{summary['final_test_nll'] - entropy:.4f}",
-                    "-" if name == "reference" else ("not reached" if ratio is None else f"{ratio:.3f}"),
-                    "-" if name == "reference" else f"{h['nfe_per_iter_ratio']:.2f}",
-                ]
-            )
+    # One process per dataset, side by side: each compares its presets under the same load.
+    jobs = [(d, names, r_iters, args.eval_points, args.seed, args.threads) for d in args.datasets]
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=get_context("spawn")) as pool:
+        outcomes = list(pool.map(bench_dataset, *zip(*jobs, strict=True)))
+    results = {d: entry for d, (entry, _) in zip(args.datasets, outcomes, strict=True)}
+    rows = [row for _, dataset_rows in outcomes for row in dataset_rows]
     headers = [
         "dataset",
         "preset",
@@ -259,8 +283,10 @@ def main(argv: list[str] | None = None) -> None:
         "NFE bwd: adjoint = evaluations of the augmented backward ODE; backprop = forward NFE "
         "differentiated once (NfeCounter convention). Hutchinson (reference) vs exact trace (ours): "
         "an exact-trace evaluation costs about D+1 forward passes (D=2).",
-        "KL = test NLL - entropy of the true distribution (8gaussians: 2.833).",
-        "Same seed for weights, batches and noise; one run each, shared noisy CPU, 1 torch thread.",
+        "KL = test NLL - entropy of the true distribution (8gaussians: 2.833, checkerboard: log 32 = 3.466).",
+        "Candidates are evaluated every 1 s of training for 30 s, every 2 s to 60 s, then 15 times more.",
+        f"Same seed for weights, batches and noise; one run each; datasets run side by side in "
+        f"{len(jobs)} processes with {args.threads} torch thread(s) each on the shared CPU.",
     ]
     write_results(
         "bench_train",

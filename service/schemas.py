@@ -109,9 +109,20 @@ class TrainRequest(BaseModel):
         alias="model_config",
         description="Model-specific settings (e.g. FFJORDConfig: hidden_dims, divergence).",
     )
-    solver: SolverConfig = Field(default_factory=SolverConfig)
+    solver: SolverConfig | None = Field(
+        None,
+        description=(
+            "How to integrate. Omitted: the model's measured default (ffjord: rk4 with step 0.5, "
+            "served by dopri5 at rtol = atol = 1e-3; latent_ode: dopri5 at 1e-3). Fields left out "
+            "of a given solver take the defaults shown here."
+        ),
+    )
     training: TrainConfig = Field(default_factory=TrainConfig)
     name: str | None = Field(None, max_length=200, description="Free-form label.")
+
+    def resolved_solver(self) -> SolverConfig:
+        """The solver the run records: the request's, or the model's default."""
+        return self.solver or MODELS[self.model.value].default_solver
 
 
 class Progress(BaseModel):

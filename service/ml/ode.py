@@ -66,14 +66,15 @@ class SolverConfig(BaseModel):
 
     ``max_num_steps`` bounds adaptive solvers (each step costs several NFE); for fixed-step methods
     the interval is cut into ``ceil(|t1 - t0| / step_size)`` steps, which must not exceed it either.
-    Tolerances are ignored by fixed-step methods.
+    Fixed-step methods ignore the tolerances while training; FFJORD densities and samples are then
+    served by adaptive dopri5 at rtol/atol (``as_adaptive``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     method: SolverMethod = Field("dopri5", description="Integration method (torchdiffeq name).")
-    # 1e-3 is the measured winner for FFJORD training (benchmarks/results/bench_train.md): tighter
-    # tolerances cost NFE without improving held-out NLL on the toy densities.
+    # 1e-3: tighter tolerances cost NFE without improving held-out NLL on the toy densities
+    # (benchmarks/results/tolerance_study.md); it is also the serving tolerance of trained flows.
     rtol: float = Field(1e-3, gt=0, lt=1, description="Relative tolerance of adaptive methods.")
     atol: float = Field(1e-3, gt=0, lt=1, description="Absolute tolerance of adaptive methods.")
     adjoint: bool = Field(
@@ -101,6 +102,10 @@ class SolverConfig(BaseModel):
     @property
     def adaptive(self) -> bool:
         return SOLVERS[self.method].adaptive
+
+    def as_adaptive(self) -> SolverConfig:
+        """This config if adaptive, else dopri5 at the same rtol/atol (how trained models are served)."""
+        return self if self.adaptive else self.model_copy(update={"method": "dopri5"})
 
 
 @dataclass
