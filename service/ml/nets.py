@@ -1,10 +1,13 @@
 """Networks for ODE dynamics ``f(t, x)`` that can also return their exact Jacobian ``df/dx``.
 
-Every layer maps ``(t, h, J)`` to ``(t, h', J')`` where ``J = dh/dx`` has shape ``(B, width, D)``.
-Propagating the Jacobian forward costs about ``D + 1`` forward passes and needs no autograd, so the
-exact divergence ``tr(df/dx)`` (and the Frobenius norm used by RNODE) is cheap for small ``D`` and
-works under ``torch.no_grad`` for serving. Time conditioning: concat-squash layers (FFJORD,
-arXiv:1810.01367) or a sin/cos positional encoding of ``t`` and ``x``.
+Every layer maps ``(t, h, J)`` to ``(t, h', J')`` where ``J = dh/dx`` is carried transposed, with
+shape ``(B, D, width)``: a layer's Jacobian update is then one plain matrix product with its weight
+(``F.linear``), the same call as its forward, with no batched-matmul broadcasting. The first layer
+sees the identity and returns ``W^T`` scaled by its time gate, shared by the batch. Propagating the
+Jacobian forward costs about ``D + 1`` forward passes and needs no autograd, so the exact divergence
+``tr(df/dx)`` (and the Frobenius norm used by RNODE) is cheap for small ``D`` and works under
+``torch.no_grad`` for serving. Time conditioning: concat-squash layers (FFJORD, arXiv:1810.01367) or
+a sin/cos positional encoding of ``t`` and ``x``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "ODENet", "build_odenet"]
+__all__ = ["ACTIVATIONS", "LeanJacobianNet", "ODENet", "build_odenet"]
 
 Activation = Literal["tanh", "softplus", "elu", "relu"]
 
@@ -48,7 +51,11 @@ ACTIVATIONS: dict[str, Callable[[Tensor], tuple[Tensor, Tensor]]] = {
 
 
 class ConcatSquashLinear(nn.Module):
-    """``(W h + b) * sigmoid(a t + c) + d t`` (FFJORD's time-conditioned linear layer)."""
+    """``(W h + b) * sigmoid(a t + c) + d t`` (FFJORD's time-conditioned linear layer).
+
+    ``forward`` takes ``t`` as a ``(1, 1)`` tensor in the dtype of ``h``; ``jac`` is the transposed
+    Jacobian ``(B, D, width_in)``, None when not wanted, or :data:`IDENTITY` for ``h = x``.
+    """
 
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
@@ -56,13 +63,10 @@ class ConcatSquashLinear(nn.Module):
         self.gate = nn.Linear(1, dim_out)
         self.bias = nn.Linear(1, dim_out, bias=False)
 
-    def forward(self, t: Tensor, h: Tensor, jac: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        tt = t.reshape(1, 1).to(h)
-        gate = torch.sigmoid(self.gate(tt))
-        out = self.linear(h) * gate + self.bias(tt)
-        if jac is None:
-            return out, None
-        return out, torch.matmul(self.linear.weight, jac) * gate.unsqueeze(-1)
+    def forward(self, tt: Tensor, h: Tensor, jac: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        gate = torch.sigmoid(self.gate(tt))  # (1, out)
+        out = torch.addcmul(self.bias(tt), self.linear(h), gate)
+        return out, _linear_jacobian(self.linear.weight, jac, gate)
 
 
 class PlainLinear(nn.Module):
@@ -72,9 +76,20 @@ class PlainLinear(nn.Module):
         super().__init__()
         self.linear = nn.Linear(dim_in, dim_out)
 
-    def forward(self, t: Tensor, h: Tensor, jac: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        out = self.linear(h)
-        return out, None if jac is None else torch.matmul(self.linear.weight, jac)
+    def forward(self, tt: Tensor, h: Tensor, jac: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return self.linear(h), _linear_jacobian(self.linear.weight, jac, None)
+
+
+IDENTITY = torch.empty(0)
+"""Marks ``jac = d x / d x``: the first layer builds its Jacobian from its weight alone."""
+
+
+def _linear_jacobian(weight: Tensor, jac: Tensor | None, gate: Tensor | None) -> Tensor | None:
+    """Transposed Jacobian after ``h -> (W h) * gate``: ``J W^T * gate``, ``(B or 1, D, out)``."""
+    if jac is None:
+        return None
+    out = weight.t().unsqueeze(0) if jac is IDENTITY else nn.functional.linear(jac, weight)
+    return out if gate is None else out * gate
 
 
 class PositionalEncoding(nn.Module):
@@ -93,10 +108,11 @@ class PositionalEncoding(nn.Module):
         angles = v.unsqueeze(-1) * self.freqs.to(v)  # (..., n, K)
         return angles, torch.sin(angles), torch.cos(angles)
 
-    def forward(self, t: Tensor, x: Tensor, jac: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, tt: Tensor, x: Tensor, jac: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``tt``: time as ``(1, 1)``; ``jac``: None or :data:`IDENTITY` (the encoding comes first)."""
         batch = x.shape[0]
         _, sin_x, cos_x = self._encode(x)  # (B, D, K)
-        tt = t.reshape(1, 1).to(x).expand(batch, 1)
+        tt = tt.expand(batch, 1)
         _, sin_t, cos_t = self._encode(tt)
         parts = [x, sin_x.flatten(1), cos_x.flatten(1), tt, sin_t.flatten(1), cos_t.flatten(1)]
         out = torch.cat(parts, dim=1)
@@ -117,7 +133,7 @@ class PositionalEncoding(nn.Module):
             ],
             dim=1,
         )
-        return out, torch.matmul(enc_jac, jac) if jac.dim() == 3 else enc_jac
+        return out, enc_jac.transpose(1, 2)  # transposed: (B, D, width)
 
 
 class ODENet(nn.Module):
@@ -153,29 +169,76 @@ class ODENet(nn.Module):
             last.bias.zero_()
 
     def _run(self, t: Tensor, x: Tensor, with_jacobian: bool) -> tuple[Tensor, Tensor | None]:
-        jac: Tensor | None = None
-        if with_jacobian:
-            jac = torch.eye(self.dim, dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1)
+        """``f`` and, if asked, the transposed Jacobian ``(B, D, D)`` (``[b, j, i] = df_i/dx_j``)."""
+        tt = t.reshape(1, 1).to(x)
+        jac: Tensor | None = IDENTITY if with_jacobian else None
         h = x
         if self.encoding is not None:
-            h, jac = self.encoding(t, h, jac)
+            h, jac = self.encoding(tt, h, jac)
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            h, jac = layer(t, h, jac)
+            h, jac = layer(tt, h, jac)
             if index < last:
                 h, slope = self.activation(h)
                 if jac is not None:
-                    jac = jac * slope.unsqueeze(-1)
+                    jac = jac * slope.unsqueeze(1)
+        if jac is not None and jac.shape[0] != x.shape[0]:  # a one-layer net: still shared
+            jac = jac.expand(x.shape[0], -1, -1)
         return h, jac
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         return self._run(t, x, with_jacobian=False)[0]
 
+    def lean(self) -> LeanJacobianNet | None:
+        """A no-grad snapshot for serving solves; None for positional encoding (module path)."""
+        return None if self.encoding is not None else LeanJacobianNet(self)
+
     def forward_with_jacobian(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``f`` of shape ``(B, D)`` and ``df/dx`` of shape ``(B, D, D)``."""
         f, jac = self._run(t, x, with_jacobian=True)
         assert jac is not None
-        return f, jac
+        return f, jac.transpose(1, 2)
+
+
+class LeanJacobianNet:
+    """A no-grad snapshot of a concat-squash :class:`ODENet` for serving: ``f`` and ``df/dx``.
+
+    Weights are copied once into the layouts the products want (``W^T`` contiguous, gate and bias
+    rows as vectors) and the time terms are computed from a Python float, so one evaluation issues
+    about a dozen tensor operations per layer instead of the module path's ~50 (op dispatch, not
+    arithmetic, dominates at serving batch sizes). Built per solve; stale once the net's weights change.
+    """
+
+    def __init__(self, net: ODENet) -> None:
+        self.activation = net.activation
+        self.layers = [
+            (
+                layer.linear.weight.detach().t().contiguous(),
+                layer.linear.bias.detach().clone(),
+                layer.gate.weight.detach().reshape(-1).clone(),
+                layer.gate.bias.detach().clone(),
+                layer.bias.weight.detach().reshape(-1).clone(),
+            )
+            for layer in net.layers
+        ]
+
+    def __call__(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``f`` ``(B, D)`` and the transposed Jacobian ``(B, D, D)`` (``[b, j, i] = df_i/dx_j``)."""
+        time = float(t)
+        batch, dim = x.shape
+        h, jac = x, None
+        last = len(self.layers) - 1
+        for index, (weight_t, bias, gate_w, gate_b, shift_w) in enumerate(self.layers):
+            gate = torch.sigmoid(torch.add(gate_b, gate_w, alpha=time))
+            h = torch.addcmul(shift_w * time, torch.addmm(bias, h, weight_t), gate)
+            if jac is None:  # d x / d x = I: the first product is the weight itself
+                jac = (weight_t * gate).unsqueeze(0)  # (1, D, out), shared by the batch
+            else:
+                jac = torch.mm(jac.view(-1, weight_t.shape[0]), weight_t).mul_(gate).view(batch, dim, -1)
+            if index < last:
+                h, slope = self.activation(h)
+                jac = jac * slope.unsqueeze(1)
+        return h, jac.expand(batch, dim, dim)
 
 
 def build_odenet(

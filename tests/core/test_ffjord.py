@@ -60,6 +60,18 @@ def test_exact_divergence_equals_autograd_trace(conditioning: str, dim: int) -> 
     torch.testing.assert_close(jac.diagonal(dim1=-2, dim2=-1).sum(-1), brute)
 
 
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+@pytest.mark.parametrize(("dim", "hidden"), [(2, (5, 4)), (3, (6,)), (1, (4, 4, 3))])
+def test_forward_jacobian_equals_autograd_jacobian(conditioning: str, dim: int, hidden: tuple) -> None:
+    net = _model(dim, conditioning, hidden_dims=list(hidden)).dynamics.net
+    x = torch.randn(4, dim, dtype=torch.float64)
+    t = torch.tensor(0.7, dtype=torch.float64)
+    _, jac = net.forward_with_jacobian(t, x)
+    for b in range(4):
+        exact = torch.autograd.functional.jacobian(lambda v: net(t, v.unsqueeze(0))[0], x[b])
+        torch.testing.assert_close(jac[b], exact)  # df_i/dx_j at [i, j]
+
+
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
 def test_hutchinson_is_unbiased_for_the_exact_trace(noise: str) -> None:
     net = _model(3).dynamics.net

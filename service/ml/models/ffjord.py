@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from service.ml.divergence import hutchinson_divergence, sample_noise
 from service.ml.inference import solve_inference
 from service.ml.models.base import DensityModel, LossOutput, Width, standard_normal_log_prob
-from service.ml.nets import ODENet, build_odenet
+from service.ml.nets import LeanJacobianNet, ODENet, build_odenet
 from service.ml.ode import SolverConfig, State, solve
 
 __all__ = ["FFJORD", "FFJORDConfig"]
@@ -81,13 +81,15 @@ class CNFDynamics(nn.Module):
         self.net = net
         self.estimator: str = "exact"
         self.noise: Tensor | None = None
+        self.lean: LeanJacobianNet | None = None  # set for the duration of a no-grad solve
 
     def forward(self, t: Tensor, state: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
         if isinstance(state, Tensor):
             return self.net(t, state)
         x = state[0]
         if self.estimator == "exact":
-            f, jac = self.net.forward_with_jacobian(t, x)
+            # The lean snapshot returns the Jacobian transposed: trace and Frobenius norm agree.
+            f, jac = self.lean(t, x) if self.lean is not None else self.net.forward_with_jacobian(t, x)
             div = jac.diagonal(dim1=-2, dim2=-1).sum(-1)
             frob = jac.square().sum(dim=(-2, -1)) if len(state) > 2 else None
         else:
@@ -178,7 +180,11 @@ class FFJORD(DensityModel):
     def _solve(self, state: State, times: Tensor) -> State:
         """torchdiffeq when gradients are on; the lean adaptive dopri5 for every no-grad solve."""
         if not torch.is_grad_enabled():
-            return solve_inference(self.dynamics, state, times, self.solver.as_adaptive(), self.nfe)
+            self.dynamics.lean = self.dynamics.net.lean()
+            try:
+                return solve_inference(self.dynamics, state, times, self.solver.as_adaptive(), self.nfe)
+            finally:
+                self.dynamics.lean = None
         return solve(self.dynamics, state, times, self.solver, self.nfe)
 
     def log_prob(self, x: Tensor) -> Tensor:
