@@ -18,6 +18,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from service.api.auth import AUTH_RESPONSES, require_read_key
 from service.api.errors import install_error_handlers
+from service.api.hot_density import HotDensityMiddleware
 from service.api.limits import BodyLimitMiddleware
 from service.api.openapi_doc import install_openapi
 from service.api.routes import ROUTERS, ops
@@ -98,6 +99,8 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["Location", "Retry-After"],
         )
+    if not settings.protect_reads and not settings.cors_origin_list:  # hot path sends no auth/CORS
+        app.add_middleware(HotDensityMiddleware, cache=app.state.model_cache)
     app.add_middleware(TelemetryMiddleware, telemetry=app.state.telemetry)
     install_openapi(app)
     return app
