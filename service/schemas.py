@@ -112,9 +112,9 @@ class TrainRequest(BaseModel):
     solver: SolverConfig | None = Field(
         None,
         description=(
-            "How to integrate. Omitted: the model's measured default (ffjord: rk4 with step 0.5, "
-            "served by dopri5 at rtol = atol = 1e-3; latent_ode: dopri5 at 1e-3). Fields left out "
-            "of a given solver take the defaults shown here."
+            "How to integrate. Omitted: the model's measured default (dopri5 at rtol = atol = 1e-3 "
+            "for both models). Fields left out of a given solver take the defaults shown here. "
+            "Fixed-step methods train; FFJORD densities and samples are served by dopri5 at rtol/atol."
         ),
     )
     training: TrainConfig = Field(default_factory=TrainConfig)
