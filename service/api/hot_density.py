@@ -3,10 +3,10 @@
 Under load a 1-point density query spent about two thirds of the API's GIL time in routing,
 dependency injection, validation and response models (py-spy ``--gil``), more than in the model.
 This pure ASGI middleware answers exactly the common case itself: ``GET /density`` with one valid
-``run_id`` and at most ``LOOP_PARSE_MAX_POINTS`` well-formed ``x`` points, for a run the model cache
-remembers as succeeded and holds loaded, with open reads and no CORS. It calls the same serving
-functions as the route and sends the same JSON. Anything else (an unknown or unloaded run, a bad
-number, a wrong dimension, extra parameters, an error while serving) goes to the FastAPI route
+``run_id`` and at most ``LOOP_PARSE_MAX_POINTS`` ``x`` points, for a run the model cache remembers
+as succeeded and holds loaded, with open reads and no CORS. It parses and serves with the route's
+own functions and sends the same JSON. Anything else (an unknown or unloaded run, a bad number, a
+wrong dimension or model kind, extra parameters, an error while serving) goes to the FastAPI route
 untouched, which gives the documented answer, including every problem+json error.
 """
 
@@ -17,9 +17,8 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qsl
 
-from service.api.routes.density import LOOP_PARSE_MAX_POINTS, parse_points_param
-from service.api.serving import log_density_async
-from service.ml.data import MAX_DIM, points_from_rows
+from service.api.routes.density import LOOP_PARSE_MAX_POINTS, parse_query_points
+from service.api.serving import loaded_model, log_density_async
 from service.ml.models import MODELS
 from service.model_cache import CachedModel, ModelCache
 
@@ -66,22 +65,17 @@ class HotDensityMiddleware:
         if len(run_ids) != 1 or not 1 <= len(xs) <= LOOP_PARSE_MAX_POINTS:
             return None
         try:
-            run_id = str(uuid.UUID(run_ids[0]))
+            hot = loaded_model(self.cache, str(uuid.UUID(run_ids[0])))
         except ValueError:
             return None
-        run = self.cache.recall(run_id)
-        if run is None or MODELS[run.model].data_kind != "points":
+        if hot is None or MODELS[hot[0].model].data_kind != "points":
             return None
-        entry = self.cache.loaded(run.id, run.checkpoint_sha256)
-        return None if entry is None else (run.id, entry, xs)
+        return hot[0].id, hot[1], xs
 
     @staticmethod
     async def _answer(run_id: str, entry: CachedModel, xs: list[str]) -> bytes | None:
-        try:
-            points = points_from_rows(parse_points_param(xs), field="x", max_dim=MAX_DIM)
-            if points.shape[1] != entry.model.dim:
-                return None
-            values = await log_density_async(entry, points, "x")
+        try:  # a wrong dimension or bad number raises here, like in the route
+            values = await log_density_async(entry, parse_query_points(xs), "x")
         except Exception:  # the route answers it, with its problem+json
             return None
         return json.dumps({"run_id": run_id, "log_density": values}, separators=(",", ":")).encode()

@@ -28,6 +28,7 @@ from service.model_cache import CachedModel, ModelCache, ServedRun
 __all__ = [
     "as_json_floats",
     "get_run_or_404",
+    "loaded_model",
     "log_density",
     "log_density_async",
     "sample",
@@ -129,12 +130,18 @@ async def served_model_async(
     sessions: SessionFactory, cache: ModelCache, run_id: uuid.UUID, kind: str | None = "points"
 ) -> tuple[ServedRun, CachedModel]:
     """``served_model`` without the threadpool when the run is remembered and its model loaded."""
-    run = cache.recall(str(run_id))
-    entry = cache.loaded(run.id, run.checkpoint_sha256) if run is not None else None
-    if run is None or entry is None:
+    hot = loaded_model(cache, str(run_id))
+    if hot is None:
         return await run_in_threadpool(_served_model_in_session, sessions, cache, run_id, kind)
-    _check_kind(run, kind)
-    return run, entry
+    _check_kind(hot[0], kind)
+    return hot
+
+
+def loaded_model(cache: ModelCache, run_id: str) -> tuple[ServedRun, CachedModel] | None:
+    """The remembered succeeded run and its model if both are in memory (no I/O: safe on the loop)."""
+    run = cache.recall(run_id)
+    entry = cache.loaded(run.id, run.checkpoint_sha256) if run is not None else None
+    return None if run is None or entry is None else (run, entry)
 
 
 def _served_model_in_session(

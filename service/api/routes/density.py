@@ -25,7 +25,7 @@ from service.ml.errors import DataError
 from service.model_cache import ModelCache
 from service.schemas import MAX_DENSITY_POINTS, DensityOut, DensityRequest, Problem
 
-__all__ = ["parse_points_param", "router"]
+__all__ = ["LOOP_PARSE_MAX_POINTS", "parse_points_param", "parse_query_points", "router"]
 
 router = APIRouter(tags=["queries"])
 
@@ -78,7 +78,7 @@ async def density_get(
     ],
 ) -> DensityOut:
     """Natural-log density of each point under a succeeded run's model."""
-    points = await _off_loop_if_large(len(x), _parse_get, x)
+    points = await _off_loop_if_large(len(x), parse_query_points, x)
     row, entry = await served_model_async(sessions, cache, run_id)
     return DensityOut(run_id=row.id, log_density=await log_density_async(entry, points, "x"))
 
@@ -109,7 +109,8 @@ async def _off_loop_if_large(count: int, parse: Callable[[Any], Tensor], rows: A
     return parse(rows) if count <= LOOP_PARSE_MAX_POINTS else await run_in_threadpool(parse, rows)
 
 
-def _parse_get(x: list[str]) -> Tensor:
+def parse_query_points(x: list[str]) -> Tensor:
+    """``GET /density``'s ``x`` values as an ``(N, D)`` tensor; DataError naming ``x`` otherwise."""
     return points_from_rows(parse_points_param(x), field="x", max_dim=MAX_DIM)
 
 
