@@ -22,6 +22,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from service.embedded import stop_process
+
 __all__ = ["BENCH_RUN", "HOST", "free_port", "request_json", "running_service", "train_run"]
 
 HOST = "127.0.0.1"
@@ -84,13 +86,7 @@ def _wait_ready(proc: subprocess.Popen, port: int) -> None:
 
 
 def _stop(proc: subprocess.Popen, started: list[tuple[int, bytes]]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    stop_process(proc, STOP_TIMEOUT_S)
     for pid, cmdline in started:  # what `up` started, should it have failed to stop it
         if _cmdline(pid) == cmdline:  # still that process, not a reused PID
             with suppress(ProcessLookupError):

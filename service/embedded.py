@@ -21,7 +21,7 @@ import uvicorn
 from service.config import Settings
 from service.db.migrate import upgrade
 
-__all__ = ["embedded_environment", "run_embedded"]
+__all__ = ["embedded_environment", "run_embedded", "stop_process"]
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,22 @@ def _start_worker(env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, start_new_session=True)
 
 
-def _stop_worker(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """Stop a process we started: SIGTERM, then SIGKILL if it outlives ``timeout``; no-op once exited."""
     if proc.poll() is not None:
         return
-    log.info("stopping worker (pid %d)", proc.pid)
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=WORKER_STOP_TIMEOUT_S)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
+
+
+def _stop_worker(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        log.info("stopping worker (pid %d)", proc.pid)
+    stop_process(proc, WORKER_STOP_TIMEOUT_S)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

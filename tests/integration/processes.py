@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
+from service.embedded import stop_process
 
 __all__ = ["Redis", "free_port", "start_worker", "stop"]
 
@@ -80,14 +80,8 @@ def start_worker(settings: Settings, log_path: Path, timeout: float = 90) -> sub
 
 def stop(proc: subprocess.Popen | None, timeout: float = 20) -> None:
     """Stop a process we started: SIGTERM, then SIGKILL if it lingers."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+    if proc is not None:
+        stop_process(proc, timeout)
 
 
 class Redis:
