@@ -29,6 +29,7 @@ __all__ = [
     "as_json_floats",
     "get_run_or_404",
     "loaded_model",
+    "run_not_ready",
     "log_density",
     "log_density_async",
     "sample",
@@ -75,17 +76,22 @@ def _check_kind(row: ServedRun, kind: str | None) -> None:
         )
 
 
+def run_not_ready(row: RunRow, need: str) -> ApiError:
+    """409 ``run_not_ready`` for a run whose status cannot answer; ``need`` says what would."""
+    return ApiError(
+        409,
+        "run_not_ready",
+        f"run {row.id} is {row.status}; {need}",
+        errors=[("run_id", f"run status is {row.status}")],
+        extra={"run_status": row.status},
+    )
+
+
 def _succeeded_run(session: Session, cache: ModelCache, run_id: uuid.UUID) -> ServedRun:
     """The run's row from the database; 409 unless it succeeded (then the cache remembers it)."""
     row = get_run_or_404(session, run_id)
     if row.status != RunStatus.succeeded or not row.checkpoint_sha256:
-        raise ApiError(
-            409,
-            "run_not_ready",
-            f"run {row.id} is {row.status}; densities and samples need a succeeded run",
-            errors=[("run_id", f"run status is {row.status}")],
-            extra={"run_status": row.status},
-        )
+        raise run_not_ready(row, "densities and samples need a succeeded run")
     run = ServedRun(id=row.id, model=row.model, status=row.status, checkpoint_sha256=row.checkpoint_sha256)
     cache.remember(run)
     return run

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from service.api.deps import ModelCacheDep, SessionDep, StoreDep
 from service.api.errors import ApiError
-from service.api.serving import get_run_or_404
+from service.api.serving import get_run_or_404, run_not_ready
 from service.db import RunRow, RunStatus
 from service.db import repository as repo
 from service.ml.models import MODELS
@@ -60,16 +60,6 @@ def _responses(media: str) -> dict[int | str, dict]:
     }
 
 
-def _not_ready(row: RunRow, need: str) -> ApiError:
-    return ApiError(
-        409,
-        "run_not_ready",
-        f"run {row.id} is {row.status}; this plot needs {need}",
-        errors=[("run_id", f"run status is {row.status}")],
-        extra={"run_status": row.status},
-    )
-
-
 def _check_model(row: RunRow, kind: PlotKind) -> None:
     wanted, has = needs_kind(kind), MODELS[row.model].data_kind
     if wanted is not None and wanted != has:
@@ -95,7 +85,7 @@ def _loss(session: Session, row: RunRow, store: ModelStore) -> bytes:
         for m in repo.run_metrics(session, row.id)
     ]
     if not history:
-        raise _not_ready(row, "at least one recorded iteration")
+        raise run_not_ready(row, "this plot needs at least one recorded iteration")
     if row.status != RunStatus.succeeded or not row.checkpoint_sha256:
         return render_history(history)  # still changing (or never finalised): not cached
     path = store.plot_path(row.id, PlotKind.loss.value, row.checkpoint_sha256)
@@ -106,7 +96,7 @@ def _model_plot(
     session: Session, row: RunRow, kind: PlotKind, store: ModelStore, cache: ModelCache, suffix: str
 ) -> bytes:
     if row.status != RunStatus.succeeded or not row.checkpoint_sha256:
-        raise _not_ready(row, "a succeeded run")
+        raise run_not_ready(row, "this plot needs a succeeded run")
     _check_model(row, kind)
     digest = row.checkpoint_sha256
     seed = int((row.training or {}).get("seed", 0))
