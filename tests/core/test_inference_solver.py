@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 import torch
+from ode_zoo import Linear, Zoo, zoo  # tests/core is on sys.path (rootless test dir)
 from torch import Tensor, nn
 from torchdiffeq import odeint
 
@@ -15,24 +14,6 @@ from service.ml.models import build_model
 from service.ml.ode import NfeCounter, SolverConfig
 
 DTYPES = [torch.float32, torch.float64]
-
-
-class Linear(nn.Module):
-    """dy/dt = A y, exact solution expm(A t) y0."""
-
-    def __init__(self, a: Tensor) -> None:
-        super().__init__()
-        self.a = a
-
-    def forward(self, t: Tensor, y: Tensor) -> Tensor:
-        return y @ self.a.T
-
-
-class TimeDependent(nn.Module):
-    """dy/dt = cos(t) y, exact solution y0 exp(sin t)."""
-
-    def forward(self, t: Tensor, y: Tensor) -> Tensor:
-        return torch.cos(t).to(y) * y
 
 
 class WithTrace(nn.Module):
@@ -47,18 +28,8 @@ class WithTrace(nn.Module):
         return y @ self.a.T, torch.full_like(s, float(self.a.trace()))
 
 
-Zoo = list[tuple[str, nn.Module, Tensor, Callable[[Tensor], Tensor]]]
-
-
 def _zoo(dtype: torch.dtype) -> Zoo:
-    y0 = torch.tensor([[1.0, 0.5], [-0.3, 2.0]], dtype=dtype)
-    decay = torch.tensor([[-0.7, 0.0], [0.0, -1.3]], dtype=dtype)
-    rotation = torch.tensor([[0.0, -2.0], [2.0, 0.0]], dtype=dtype)
-    return [
-        ("exponential", Linear(decay), y0, lambda t: y0 @ torch.linalg.matrix_exp(decay * t).T),
-        ("rotation", Linear(rotation), y0, lambda t: y0 @ torch.linalg.matrix_exp(rotation * t).T),
-        ("time_dependent", TimeDependent(), y0, lambda t: y0 * torch.exp(torch.sin(t))),
-    ]
+    return zoo(torch.tensor([[1.0, 0.5], [-0.3, 2.0]], dtype=dtype))
 
 
 def _tol(dtype: torch.dtype) -> float:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from ode_zoo import Linear, Zoo, zoo  # tests/core is on sys.path (rootless test dir)
 from torch import nn
 
 from service.ml.errors import SolverError
@@ -15,33 +16,8 @@ ADAPTIVE = [m for m, info in SOLVERS.items() if info.adaptive]
 FIXED = [m for m, info in SOLVERS.items() if not info.adaptive]
 
 
-class Linear(nn.Module):
-    """dy/dt = A y, exact solution expm(A t) y0."""
-
-    def __init__(self, a: torch.Tensor) -> None:
-        super().__init__()
-        self.a = nn.Parameter(a)
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return y @ self.a.T
-
-
-class TimeDependent(nn.Module):
-    """dy/dt = cos(t) y, exact solution y0 exp(sin t)."""
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.cos(t) * y
-
-
-def _zoo(dtype: torch.dtype) -> list[tuple[str, nn.Module, torch.Tensor, object]]:
-    y0 = torch.tensor([[1.0, 0.5]], dtype=dtype)
-    decay = torch.tensor([[-0.7, 0.0], [0.0, -1.3]], dtype=dtype)
-    rotation = torch.tensor([[0.0, -2.0], [2.0, 0.0]], dtype=dtype)
-    return [
-        ("exponential", Linear(decay), y0, lambda t: y0 @ torch.linalg.matrix_exp(decay * t).T),
-        ("rotation", Linear(rotation), y0, lambda t: y0 @ torch.linalg.matrix_exp(rotation * t).T),
-        ("time_dependent", TimeDependent(), y0, lambda t: y0 * torch.exp(torch.sin(t))),
-    ]
+def _zoo(dtype: torch.dtype) -> Zoo:
+    return zoo(torch.tensor([[1.0, 0.5]], dtype=dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from placeholders import RUN, fill  # tests/service is on sys.path (rootless test dir)
 
 from service.schemas import MAX_SAMPLE_N
 
-RUN = "{run}"  # replaced by the trained run's id
 BASE = {"model": "ffjord", "dataset": {"name": "8gaussians"}}
 
 
@@ -86,22 +86,10 @@ CASES = [
 ]  # fmt: skip
 
 
-def _fill(value, run_id):
-    if isinstance(value, str):
-        return value.replace(RUN, run_id)
-    if isinstance(value, bytes):
-        return value.replace(RUN.encode(), run_id.encode())
-    if isinstance(value, dict):
-        return {k: _fill(v, run_id) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill(v, run_id) for v in value]
-    return value
-
-
 @pytest.mark.parametrize(("request_", "status", "field"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_a_problem_naming_the_field(client, trained_run, problem, request_, status, field):
     method, path, kwargs = request_
-    kwargs = {k: (v if k == "files" else _fill(v, trained_run["id"])) for k, v in kwargs.items()}
+    kwargs = {k: (v if k == "files" else fill(v, trained_run["id"])) for k, v in kwargs.items()}
     body = problem(client.request(method, path, **kwargs), status, field)
     assert body["detail"]
 

@@ -8,11 +8,10 @@ path-like and SQL-looking ids, NUL characters, empty bodies. The client's body l
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
+from placeholders import RUN, fill  # tests/service is on sys.path (rootless test dir)
 
-RUN = "{run}"  # replaced by the trained run's id
 TRAIN = {
     "model": "ffjord",
     "dataset": {"name": "8gaussians", "n_train": 300, "n_test": 50},
@@ -96,22 +95,10 @@ CASES: list[tuple[str, tuple, set[int]]] = [
 ]  # fmt: skip
 
 
-def _fill(value: Any, run_id: str) -> Any:
-    if isinstance(value, str):
-        return value.replace(RUN, run_id)
-    if isinstance(value, bytes):
-        return value.replace(RUN.encode(), run_id.encode())
-    if isinstance(value, dict):
-        return {k: _fill(v, run_id) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill(v, run_id) for v in value]
-    return value
-
-
 @pytest.mark.parametrize(("request_", "statuses"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_hostile_input_is_a_4xx_problem(client, trained_run, request_, statuses):
     method, path, kwargs = request_
-    kwargs = {k: (v if k == "files" else _fill(v, trained_run["id"])) for k, v in kwargs.items()}
+    kwargs = {k: (v if k == "files" else fill(v, trained_run["id"])) for k, v in kwargs.items()}
     response = client.request(method, path, **kwargs)
     assert response.status_code in statuses, (response.status_code, response.text[:300])
     assert response.headers["content-type"].startswith("application/problem+json")
@@ -128,7 +115,7 @@ def test_sql_looking_text_is_just_text(client, trained_run):
 
 def test_service_is_healthy_after_the_table(client, trained_run):
     for _, (method, path, kwargs), _statuses in CASES[:12]:
-        kwargs = {k: (v if k == "files" else _fill(v, trained_run["id"])) for k, v in kwargs.items()}
+        kwargs = {k: (v if k == "files" else fill(v, trained_run["id"])) for k, v in kwargs.items()}
         client.request(method, path, **kwargs)
     assert client.get("/livez").json() == {"status": "ok"}
     response = client.get("/density", params={"run_id": trained_run["id"], "x": ["0,0", "1,1"]})
