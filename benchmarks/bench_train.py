@@ -36,7 +36,7 @@ EVAL_SOLVER = SolverConfig(rtol=1e-5, atol=1e-5, max_num_steps=10_000)
 
 @dataclass(frozen=True)
 class Preset:
-    """One training recipe: model config, solver (None: the model's default) and optimiser settings."""
+    """One training recipe: model config, solver (None: the default SolverConfig) and optimiser settings."""
 
     model: dict[str, Any]
     solver: SolverConfig | None
