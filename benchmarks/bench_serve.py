@@ -2,7 +2,8 @@
 
 Starts ``odeserve up`` (SQLite, embedded Redis, Celery worker, uvicorn) in a temporary directory,
 trains a run through ``POST /train`` and the worker, then drives it from 1, 4 and 16 concurrent
-clients on 127.0.0.1 (one thread and one keep-alive connection each) for a fixed time per case:
+clients on 127.0.0.1 (one thread and one keep-alive connection each, pre-encoded requests sent
+over raw sockets by ``benchmarks.http_load``) for a fixed time per case:
 
 * ``GET /density`` with 1 point, ``POST /density`` with 1000 points, ``GET /sample`` with n = 1000;
 * the 1-point case again on a second service started with batching off
@@ -24,7 +25,6 @@ load it, and sample only the thread holding the GIL, which shows real CPU rather
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import random
 import statistics
@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.http_load import KeepAliveConnection, encode_request
 from benchmarks.report import median_time, write_results
 from benchmarks.serve_stack import BENCH_RUN, HOST, running_service, train_run
 from service.ml.checkpoint import load_checkpoint
@@ -85,21 +86,19 @@ def drive(port: int, requests: list[Request], clients: int, seconds: float) -> d
     start = threading.Barrier(clients + 1)
     stop_at = [0.0]
 
+    encoded = [encode_request(method, path, body, HOST, port) for method, path, body in requests]
+
     def client(index: int) -> None:
-        conn = http.client.HTTPConnection(HOST, port, timeout=60)
-        headers = {"content-type": "application/json"}
         mine, i = latencies[index], index
-        start.wait()
-        while time.perf_counter() < stop_at[0]:
-            method, path, body = requests[i % len(requests)]
-            i += 1
-            began = time.perf_counter()
-            conn.request(method, path, body=body, headers=headers if body else {})
-            response = conn.getresponse()
-            response.read()
-            mine.append(time.perf_counter() - began)
-            failures[index] += response.status != 200
-        conn.close()
+        with KeepAliveConnection(HOST, port) as conn:
+            start.wait()
+            while time.perf_counter() < stop_at[0]:
+                request = encoded[i % len(encoded)]
+                i += 1
+                began = time.perf_counter()
+                status, _ = conn.exchange(request)
+                mine.append(time.perf_counter() - began)
+                failures[index] += status != 200
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
