@@ -9,7 +9,15 @@ unless the previous pass was contended); meanwhile the pass that is running gath
 One solver thread per model runs the passes; it starts on the first request and exits after
 ``IDLE_EXIT_S`` without work, so a model that leaves the cache leaves no thread behind. Callers wait
 on a future: ``log_prob``/``sample`` block a thread, ``log_prob_async``/``sample_async`` await on the
-event loop without holding a threadpool thread (the API's hot path: no threadpool round trip).
+event loop without holding a threadpool thread.
+
+Small density requests from the event loop (at most ``inline_max_points`` points, the API's common
+1-point query) are solved on the event loop itself: the requests that arrive in one loop iteration
+are merged into one pass that runs right after it, while the next requests wait in socket buffers.
+A solve handed to another thread in the same process pays for it in GIL handoffs: torch releases the
+GIL around every op, and each reacquisition waits for the busy event loop's switch interval, so the
+thread's pass ran several times slower than in-process under load. A pass on the loop is bounded
+(few points, the solver's step budget); when the solver thread holds the model the requests go to it.
 
 Semantics the callers rely on:
 
@@ -55,10 +63,14 @@ class BatchPolicy:
     max_points: int = 1024
     max_wait_s: float = 0.002
     timeout_s: float = 60.0
+    inline_max_points: int = 64  # small event-loop requests are merged and solved on the loop; 0: never
 
     def __post_init__(self) -> None:
-        if self.max_points < 1 or self.max_wait_s < 0 or self.timeout_s <= 0:
-            raise ValueError(f"invalid {self}: need max_points >= 1, max_wait_s >= 0 and timeout_s > 0")
+        if self.max_points < 1 or self.max_wait_s < 0 or self.timeout_s <= 0 or self.inline_max_points < 0:
+            raise ValueError(
+                f"invalid {self}: need max_points >= 1, max_wait_s >= 0, timeout_s > 0 and "
+                "inline_max_points >= 0"
+            )
 
 
 class BatchTimeout(TimeoutError):
@@ -91,6 +103,10 @@ class Batcher:
         self._contended = False  # the last batch had company: worth waiting for more
         self.forward_passes = 0  # model calls made (a merged batch counts once)
         self.requests = 0  # requests answered
+        self._inline: list[tuple[_Request, asyncio.Future[Tensor | None]]] = []  # loop-side queue
+        self._inline_points = 0
+        self._inline_expect = 1  # requests in the last loop pass: under load, wait for as many
+        self._inline_timer: asyncio.Handle | asyncio.TimerHandle | None = None
 
     # -- request side -------------------------------------------------------------------------
 
@@ -104,7 +120,12 @@ class Batcher:
 
     async def log_prob_async(self, points: Tensor) -> Tensor:
         """``log_prob`` for the event loop: awaits the pass instead of blocking a thread."""
-        return await self._await(self._submit(self._density(points)))
+        req = self._density(points)
+        if req.size <= self.policy.inline_max_points:
+            result = await self._inline_pass(req)
+            if result is not None:
+                return result
+        return await self._await(self._submit(req))
 
     async def sample_async(self, n: int, seed: int) -> Tensor:
         return await self._await(self._submit(_Request("sample", n, seed=seed)))
@@ -145,6 +166,49 @@ class Batcher:
     def _timeout(self) -> BatchTimeout:
         seconds = self.policy.timeout_s
         return BatchTimeout(f"no answer within {seconds:g}s: the model is busy with other requests")
+
+    # -- passes on the event loop ---------------------------------------------------------------
+
+    def _inline_pass(self, req: _Request) -> asyncio.Future[Tensor | None]:
+        """Queue ``req`` for the loop's next pass; the future gives None to hand it to the thread."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Tensor | None] = loop.create_future()
+        if self._inline_points + req.size > self.policy.inline_max_points:
+            self._flush_inline()  # full: this pass runs now, ``req`` opens the next one
+        if not self._inline:
+            if self._inline_expect > 1:  # the last pass had company: give its clients max_wait_s
+                self._inline_timer = loop.call_later(self.policy.max_wait_s, self._flush_inline)
+            else:  # after the callbacks (requests) already ready
+                self._inline_timer = loop.call_soon(self._flush_inline)
+        self._inline.append((req, future))
+        self._inline_points += req.size
+        if len(self._inline) >= self._inline_expect > 1:  # as many as last time: go now
+            self._inline_timer.cancel()
+            self._inline_timer = loop.call_soon(self._flush_inline)
+        return future
+
+    def _flush_inline(self) -> None:
+        if self._inline_timer is not None:
+            self._inline_timer.cancel()
+        batch = [(req, future) for req, future in self._inline if not future.done()]  # not cancelled
+        self._inline, self._inline_points = [], 0
+        self._inline_expect = max(1, len(batch))
+        if not batch:
+            return
+        if not self._model_lock.acquire(blocking=False):  # the solver thread is in a pass
+            for _, future in batch:
+                future.set_result(None)
+            return
+        try:
+            outcomes = self._outcomes([req for req, _ in batch])
+        finally:
+            self._model_lock.release()
+        for (_, future), (result, error) in zip(batch, outcomes, strict=True):
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+        self.requests += len(batch)
 
     # -- solver thread ------------------------------------------------------------------------
 
@@ -204,14 +268,8 @@ class Batcher:
     def _run(self, batch: list[_Request]) -> None:
         outcomes: list[tuple[Tensor | None, BaseException | None]] = []
         try:
-            if len(batch) > 1:
-                try:
-                    values = self._call(lambda: self.model.log_prob(torch.cat([r.points for r in batch])))
-                    outcomes = [(v, None) for v in values.split([r.size for r in batch])]
-                except Exception:
-                    outcomes = []  # isolate the failure: every request gets its own answer
-            if not outcomes:
-                outcomes = [self._alone(r) for r in batch]
+            with self._model_lock:
+                outcomes = self._outcomes(batch)
         finally:
             outcomes += [(None, RuntimeError("batch aborted"))] * (len(batch) - len(outcomes))
             for req, (result, error) in zip(batch, outcomes, strict=True):
@@ -220,6 +278,18 @@ class Batcher:
                 else:
                     req.future.set_exception(error)
             self.requests += len(batch)
+
+    def _outcomes(self, batch: list[_Request]) -> list[tuple[Tensor | None, BaseException | None]]:
+        """Each request's ``(result, error)``: one merged pass, or (if it fails) one pass each.
+
+        The caller holds the model lock."""
+        if len(batch) > 1:
+            try:
+                values = self._call(lambda: self.model.log_prob(torch.cat([r.points for r in batch])))
+                return [(v, None) for v in values.split([r.size for r in batch])]
+            except Exception:
+                pass  # isolate the failure: every request gets its own answer
+        return [self._alone(r) for r in batch]
 
     def _alone(self, req: _Request) -> tuple[Tensor | None, BaseException | None]:
         try:
@@ -231,6 +301,6 @@ class Batcher:
             return None, error
 
     def _call(self, fn: Callable[[], Tensor]) -> Tensor:
-        with self._model_lock, torch.no_grad():
+        with torch.no_grad():
             self.forward_passes += 1
             return fn()

@@ -80,6 +80,7 @@ def create_app(
         max_points=settings.batch_max_points,
         max_wait_s=settings.batch_max_wait_ms / 1000,
         timeout_s=settings.batch_timeout_s,
+        inline_max_points=settings.batch_inline_max_points,
     )
     app.state.model_cache = ModelCache(store, settings.model_cache_size, policy)
     app.state.dispatcher = dispatcher or CeleryDispatcher(settings)

@@ -156,6 +156,72 @@ def test_async_callers_share_passes(model):
     assert batcher.forward_passes < 8
 
 
+def _gather(batcher: Batcher, requests: list[torch.Tensor], cancel: int | None = None) -> list[Any]:
+    """Submit ``requests`` from one event loop iteration; optionally cancel one before its pass."""
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(batcher.log_prob_async(x)) for x in requests]
+        if cancel is not None:
+            await asyncio.sleep(0)  # every task has queued its request; the pass has not run
+            tasks[cancel].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    return asyncio.run(main())
+
+
+def test_small_loop_requests_merge_into_one_pass_on_the_loop(model):
+    batcher = Batcher(model)
+    requests = [_points(1 + i % 2, seed=i) for i in range(8)]
+    got = _gather(batcher, requests)
+    with torch.no_grad():
+        for value, x in zip(got, requests, strict=True):
+            assert torch.allclose(value, model.log_prob(x), atol=1e-5, rtol=0)
+    assert batcher.forward_passes == 1
+    assert batcher.requests == 8
+    assert batcher._thread is None  # solved on the loop: no solver thread was needed
+
+
+def test_loop_passes_hold_at_most_inline_max_points_and_larger_requests_go_to_the_thread(model):
+    batcher = Batcher(model, policy=BatchPolicy(inline_max_points=4))
+    got = _gather(batcher, [_points(2, seed=i) for i in range(5)])
+    assert [v.shape for v in got] == [torch.Size([2])] * 5
+    assert batcher.forward_passes == 3  # 2+2, 2+2, 2
+    assert batcher._thread is None
+    (big,) = _gather(batcher, [_points(5, seed=9)])
+    assert big.shape == (5,)
+    assert batcher._thread is not None  # 5 > 4 points: solved by the solver thread
+
+
+def test_a_failing_loop_request_does_not_poison_its_pass(model):
+    good = [_points(2, seed=i) for i in range(4)]
+    bad = torch.full((1, 2), 999.0, dtype=torch.float64)
+    batcher = Batcher(FailsOnSentinel(model))
+    got = _gather(batcher, [good[0], bad, *good[1:]])
+    assert isinstance(got[1], SolverError)
+    with torch.no_grad():
+        for value, x in zip([got[0], *got[2:]], good, strict=True):
+            assert torch.allclose(value, model.log_prob(x), atol=1e-5, rtol=0)
+    assert batcher.forward_passes == 1 + 5  # the merged pass, then each request alone
+
+
+def test_loop_requests_go_to_the_thread_while_it_holds_the_model(model):
+    batcher = Batcher(model)
+    release = threading.Timer(0.3, batcher._model_lock.release)
+    batcher._model_lock.acquire()  # a pass on another thread
+    release.start()
+    got = _gather(batcher, [_points(1, seed=i) for i in range(3)])
+    assert [v.shape for v in got] == [torch.Size([1])] * 3
+    assert batcher._thread is not None  # handed over rather than blocking the loop on the lock
+
+
+def test_a_cancelled_loop_request_is_skipped(model):
+    batcher = Batcher(model)
+    got = _gather(batcher, [_points(1, seed=i) for i in range(4)], cancel=2)
+    assert isinstance(got[2], asyncio.CancelledError)
+    assert [v.shape for i, v in enumerate(got) if i != 2] == [torch.Size([1])] * 3
+    assert batcher.requests == 3 and batcher.forward_passes == 1
+
+
 # -- through the API --------------------------------------------------------------------------
 
 
