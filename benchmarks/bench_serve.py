@@ -226,9 +226,9 @@ def _report(rows: list[dict[str, Any]], run: dict[str, Any], train_s: float, sec
     ]  # fmt: skip
     met = [f"{'met' if ok else 'NOT met'}: {name}" for name, ok in targets.items()]
     notes = [
-        f"Run {run['id']} trained by the worker through POST /train in {train_s:.0f} s: FFJORD 2x64 "
-        "exact trace, dopri5 at rtol=atol=1e-3 (the defaults: POST /train with no settings); served with "
-        "1 torch thread.",
+        f"Run {run['id']} trained by the worker through POST /train in {train_s:.0f} s with the defaults "
+        "(no settings: FFJORD 2x64 exact trace, RNODE 0.01, rk4 step 0.5 with the step check); served "
+        "by dopri5 at rtol=atol=1e-3 with 1 torch thread.",
         f"{seconds:g} s per case; clients are threads of this process with keep-alive connections, on "
         "the same 2 cores as the service (and other jobs): the load generator competes with the server.",
         "In-process reference: the loaded checkpoint called directly at the batch ideal merging would "

@@ -45,27 +45,27 @@ class Preset:
 
 
 _TRAIN_DEFAULTS = TrainConfig()
-DEFAULT = "default: 2x64 exact dopri5-1e-3 b256 lr3e-3"
-FAST = "fast: 2x64 exact rk4-h0.5 RNODE-0.01 b256 lr3e-3"
-_RNODE = {"kinetic_weight": 0.01, "jacobian_weight": 0.01}
+DEFAULT = "default: 2x64 exact rk4-h0.5 RNODE-0.01 step-check b256 lr3e-3"
+DOPRI5 = "2x64 exact dopri5-1e-3 b256 lr3e-3 (the default before)"
+_RNODE_OFF = {"kinetic_weight": 0.0, "jacobian_weight": 0.0}
 PRESETS: dict[str, Preset] = {
     "reference": Preset(
-        {"hidden_dims": (64, 64, 64), "divergence": "hutchinson"},
+        {"hidden_dims": (64, 64, 64), "divergence": "hutchinson", **_RNODE_OFF},
         SolverConfig(rtol=1e-5, atol=1e-5, adjoint=True),
         100,
         1e-3,
     ),
     # Exactly what POST /train gives with no model_config, solver or training settings.
     DEFAULT: Preset({}, None, _TRAIN_DEFAULTS.batch_size, _TRAIN_DEFAULTS.lr),
-    FAST: Preset(_RNODE, SolverConfig(method="rk4", step_size=0.5), 256, 3e-3),
-    "2x64 exact dopri5-1e-3 RNODE-0.01 b256 lr5e-3": Preset(
-        _RNODE, SolverConfig(rtol=1e-3, atol=1e-3), 256, 5e-3
+    DOPRI5: Preset(_RNODE_OFF, SolverConfig(rtol=1e-3, atol=1e-3), 256, 3e-3),
+    "2x64 exact rk4-h0.5 RNODE-0.01 no-step-check b256 lr3e-3": Preset(
+        {"step_check_interval": 0}, SolverConfig(method="rk4", step_size=0.5), 256, 3e-3
     ),
-    "2x64 exact rk4-h0.25 RNODE-0.01 b256 lr3e-3": Preset(
-        _RNODE, SolverConfig(method="rk4", step_size=0.25), 256, 3e-3
+    "2x64 exact dopri5-1e-3 RNODE-0.01 b256 lr5e-3": Preset(
+        {}, SolverConfig(rtol=1e-3, atol=1e-3), 256, 5e-3
     ),
 }
-FULL_PRESETS = ["reference", DEFAULT, FAST]
+FULL_PRESETS = ["reference", DEFAULT, DOPRI5]
 QUICK_PRESETS = FULL_PRESETS
 
 

@@ -109,15 +109,21 @@ class TrainRequest(BaseModel):
         alias="model_config",
         description="Model-specific settings (e.g. FFJORDConfig: hidden_dims, divergence).",
     )
-    solver: SolverConfig = Field(
-        default_factory=SolverConfig,
+    solver: SolverConfig | None = Field(
+        None,
         description=(
-            "How to integrate; fields left out take the defaults shown here. Fixed-step methods "
-            "train; FFJORD densities and samples are served by dopri5 at rtol/atol."
+            "How to integrate. Omitted: the model's measured default (FFJORD: rk4 at step 0.5, "
+            "halved by the step check; latent ODE: dopri5 at rtol = atol = 1e-3). Fields left out "
+            "of a given solver take the defaults shown here. Fixed-step methods train; FFJORD "
+            "densities and samples are served by dopri5 at rtol/atol."
         ),
     )
     training: TrainConfig = Field(default_factory=TrainConfig)
     name: str | None = Field(None, max_length=200, description="Free-form label.")
+
+    def resolved_solver(self) -> SolverConfig:
+        """The solver the run records: the request's, or the model's default."""
+        return self.solver or MODELS[self.model.value].default_solver
 
 
 class Progress(BaseModel):

@@ -94,7 +94,9 @@ def train(
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    method: Annotated[str | None, typer.Option(help="Solver method, e.g. dopri5, rk4.")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="Solver method, e.g. dopri5, rk4 (default: the model's).")
+    ] = None,
     step_size: Annotated[float | None, typer.Option(help="Step of fixed-step methods.")] = None,
     rtol: Annotated[float | None, typer.Option()] = None,
     atol: Annotated[float | None, typer.Option()] = None,
@@ -119,7 +121,8 @@ def train(
         "max_num_steps": max_num_steps,
         "step_size": step_size,
     }
-    solver = SolverConfig(**{k: v for k, v in solver_args.items() if v is not None})
+    given = {k: v for k, v in solver_args.items() if v is not None}
+    solver = SolverConfig(**given) if given else None  # None: the model's default solver
     train_args = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "seed": seed}
     config = TrainConfig(**{k: v for k, v in train_args.items() if v is not None})
     model_params = _model_config(model, model_config, divergence, hidden_dims)

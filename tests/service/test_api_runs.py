@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.db import repository as repo
-from service.ml.ode import SolverConfig
+from service.ml.models import MODELS
 
 
 def test_train_returns_202_location_and_the_queued_run(client, queue, tiny_run):
@@ -93,11 +93,11 @@ def test_list_filters_and_cursor_pagination(client, queue, tiny_run):
     assert len(client.get("/runs", params={"dataset": "moons", "status": "canceled"}).json()["items"]) == 5
 
 
-def test_a_run_without_solver_gets_the_default_solver(client, queue, tiny_run):
+def test_a_run_without_solver_gets_its_models_default(client, queue, tiny_run):
     del tiny_run["solver"]
     run = client.post("/train", json=tiny_run).json()
-    assert run["solver"] == SolverConfig().model_dump(mode="json")
-    assert run["model_config"]["kinetic_weight"] == 0.0  # RNODE is opt-in
+    assert run["solver"] == MODELS["ffjord"].default_solver.model_dump(mode="json")
+    assert run["model_config"]["kinetic_weight"] == 0.01  # RNODE is on by default (bench_train)
     # A solver that is given, even in part, takes SolverConfig's defaults for the rest.
     partial = client.post("/train", json={**tiny_run, "solver": {"method": "rk4", "step_size": 0.5}}).json()
     assert partial["solver"]["method"] == "rk4" and partial["solver"]["rtol"] == 1e-3

@@ -79,7 +79,7 @@ def run_fields(session: Session, request: TrainRequest) -> dict[str, Any]:
         "dataset_name": dataset["name"],
         "dataset_id": dataset_id,
         "model_config": model_config.model_dump(mode="json"),
-        "solver": request.solver.model_dump(mode="json"),
+        "solver": request.resolved_solver().model_dump(mode="json"),
         "training": request.training.model_dump(mode="json"),
         "total": request.training.iterations,
         "request_sha256": _request_digest(request),

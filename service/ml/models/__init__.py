@@ -62,4 +62,4 @@ def build_model(
 ) -> DensityModel:
     """Instantiate a registered model for data of dimension ``dim``."""
     cls = model_class(name)
-    return cls(parse_model_config(name, config), dim, solver or SolverConfig())
+    return cls(parse_model_config(name, config), dim, solver or cls.default_solver)

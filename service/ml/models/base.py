@@ -46,6 +46,8 @@ class DensityModel(nn.Module, ABC):
     name: ClassVar[str]
     config_class: ClassVar[type[BaseModel]]
     data_kind: ClassVar[str] = "points"
+    # The solver a run gets when its request names none (per model: the measured winner).
+    default_solver: ClassVar[SolverConfig] = SolverConfig()
 
     def __init__(self, config: BaseModel, dim: int, solver: SolverConfig) -> None:
         super().__init__()
