@@ -173,7 +173,7 @@ class Batcher:
         """Queue ``req`` for the loop's next pass; the future gives None to hand it to the thread."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensor | None] = loop.create_future()
-        if self._inline_points + req.size > self.policy.inline_max_points:
+        if self._inline_points + req.size > min(self.policy.inline_max_points, self.policy.max_points):
             self._flush_inline()  # full: this pass runs now, ``req`` opens the next one
         if not self._inline:
             if self._inline_expect > 1:  # the last pass had company: give its clients max_wait_s

@@ -192,6 +192,12 @@ def test_loop_passes_hold_at_most_inline_max_points_and_larger_requests_go_to_th
     assert batcher._thread is not None  # 5 > 4 points: solved by the solver thread
 
 
+def test_loop_passes_respect_max_points_too(model):
+    batcher = Batcher(model, policy=BatchPolicy(max_points=1))  # batching off
+    _gather(batcher, [_points(1, seed=i) for i in range(3)])
+    assert batcher.forward_passes == 3
+
+
 def test_a_failing_loop_request_does_not_poison_its_pass(model):
     good = [_points(2, seed=i) for i in range(4)]
     bad = torch.full((1, 2), 999.0, dtype=torch.float64)
