@@ -203,11 +203,7 @@ class Batcher:
             outcomes = self._outcomes([req for req, _ in batch])
         finally:
             self._model_lock.release()
-        for (_, future), (result, error) in zip(batch, outcomes, strict=True):
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
+        _settle([future for _, future in batch], outcomes)
         self.requests += len(batch)
 
     # -- solver thread ------------------------------------------------------------------------
@@ -272,11 +268,7 @@ class Batcher:
                 outcomes = self._outcomes(batch)
         finally:
             outcomes += [(None, RuntimeError("batch aborted"))] * (len(batch) - len(outcomes))
-            for req, (result, error) in zip(batch, outcomes, strict=True):
-                if error is None:
-                    req.future.set_result(result)
-                else:
-                    req.future.set_exception(error)
+            _settle([req.future for req in batch], outcomes)
             self.requests += len(batch)
 
     def _outcomes(self, batch: list[_Request]) -> list[tuple[Tensor | None, BaseException | None]]:
@@ -304,3 +296,15 @@ class Batcher:
         with torch.no_grad():
             self.forward_passes += 1
             return fn()
+
+
+def _settle(
+    futures: list[Future[Tensor]] | list[asyncio.Future[Tensor | None]],
+    outcomes: list[tuple[Tensor | None, BaseException | None]],
+) -> None:
+    """Give each future its ``(result, error)`` outcome (thread and event-loop futures alike)."""
+    for future, (result, error) in zip(futures, outcomes, strict=True):
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)

@@ -192,20 +192,27 @@ class FFJORD(DensityModel):
         return torch.stack([end, zero]) if reverse else torch.stack([zero, end])
 
     def _to_base(
-        self, x: Tensor, estimator: str, generator: torch.Generator | None, regularize: bool
+        self,
+        x: Tensor,
+        estimator: str,
+        generator: torch.Generator | None,
+        regularize: bool,
+        training_solve: bool = False,
     ) -> tuple[Tensor, ...]:
-        """Integrate data -> base; returns final ``(z, logdet[, kinetic, frobenius])``."""
+        """Integrate data -> base; returns final ``(z, logdet[, kinetic, frobenius])``.
+
+        ``training_solve`` integrates with the training solver even without gradients."""
         self.dynamics.estimator = estimator
         if estimator == "hutchinson":
             self.dynamics.noise = sample_noise(tuple(x.shape), self.config.hutchinson_noise, generator, x)
         zeros = x.new_zeros(x.shape[0])
         state = (x, zeros, zeros, zeros) if regularize else (x, zeros)
-        out = self._solve(state, self._times(False, x))
+        out = self._solve(state, self._times(False, x), training_solve)
         return tuple(s[-1] for s in out)
 
-    def _solve(self, state: State, times: Tensor) -> State:
-        """torchdiffeq when gradients are on; the lean adaptive dopri5 for every no-grad solve."""
-        if not torch.is_grad_enabled():
+    def _solve(self, state: State, times: Tensor, training_solve: bool = False) -> State:
+        """torchdiffeq when gradients are on (or ``training_solve``); else the lean adaptive dopri5."""
+        if not torch.is_grad_enabled() and not training_solve:
             self.dynamics.lean = self.dynamics.net.lean()
             try:
                 return solve_inference(self.dynamics, state, times, self.solver.as_adaptive(), self.nfe)
@@ -223,6 +230,10 @@ class FFJORD(DensityModel):
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact-trace log-density, ``(B, D) -> (B,)``."""
         z, logdet = self._to_base(self._standardise(x), "exact", None, regularize=False)
+        return self._log_density(x, z, logdet)
+
+    def _log_density(self, x: Tensor, z: Tensor, logdet: Tensor) -> Tensor:
+        """Change of variables: ``log p(x)`` from the base point ``z`` and ``logdet`` of the flow."""
         return standard_normal_log_prob(z) + logdet - self._log_scale(x)
 
     def sample(self, n: int, generator: torch.Generator | None = None, **_: Any) -> Tensor:
@@ -256,7 +267,7 @@ class FFJORD(DensityModel):
     def training_loss(self, batch: Tensor, generator: torch.Generator, iteration: int) -> LossOutput:
         regularize = self.config.regularized
         out = self._to_base(self._standardise(batch), self.config.divergence, generator, regularize)
-        log_prob = standard_normal_log_prob(out[0]) + out[1] - self._log_scale(batch)
+        log_prob = self._log_density(batch, out[0], out[1])
         nll = -log_prob.mean()
         loss = nll
         stats = {"nll": float(nll.detach()), "end_time": float(self.end_time.detach())}
@@ -274,19 +285,8 @@ class FFJORD(DensityModel):
     def _check_step(self, batch: Tensor, nll: Tensor) -> dict[str, float]:
         """Halve the training step if its batch NLL is off the adaptive solver's by > step_tolerance."""
         if self.config.divergence != "exact":  # the training NLL is an estimate: recompute it exactly
-            self.dynamics.estimator = "exact"
-            x = self._standardise(batch)
-            z, logdet = (
-                s[-1]
-                for s in solve(
-                    self.dynamics,
-                    (x, x.new_zeros(x.shape[0])),
-                    self._times(False, x),
-                    self.training_solver,
-                    self.nfe,
-                )
-            )
-            nll = -(standard_normal_log_prob(z) + logdet - self._log_scale(batch)).mean()
+            out = self._to_base(self._standardise(batch), "exact", None, False, training_solve=True)
+            nll = -self._log_density(batch, *out).mean()
         gap = float(nll + self.log_prob(batch).mean())
         step = self.training_solver.step_size
         if abs(gap) > self.config.step_tolerance:
