@@ -18,7 +18,7 @@
 | ``ODESERVE_LOG_LEVEL`` | ``INFO`` | Logging level |
 | ``ODESERVE_SERVE_TORCH_THREADS`` | ``1`` | API torch threads if ``TORCH_THREADS`` is 0 (0: torch default) |
 | ``ODESERVE_BATCH_MAX_POINTS`` | ``1024`` | Most points merged into one density pass (larger: alone) |
-| ``ODESERVE_BATCH_MAX_WAIT_MS`` | ``2`` | Longest a density request waits for companions, under contention |
+| ``ODESERVE_BATCH_MAX_WAIT_MS`` | ``5`` | Longest a density request waits for companions, under contention |
 | ``ODESERVE_BATCH_INLINE_MAX_POINTS`` | ``64`` | Density requests this small are solved on the event loop |
 | ``ODESERVE_BATCH_TIMEOUT_S`` | ``60`` | A density/sample request waiting longer for its model gets 503 |
 | ``ODESERVE_API_THREADS`` | ``128`` | Threadpool of sync routes and large-input parsing |
@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     serve_torch_threads: int = Field(1, ge=0)
     batch_max_points: int = Field(1024, ge=1, le=1_000_000)
-    batch_max_wait_ms: float = Field(2.0, ge=0, le=1000)
+    batch_max_wait_ms: float = Field(5.0, ge=0, le=1000)
     batch_inline_max_points: int = Field(64, ge=0, le=4096)
     batch_timeout_s: float = Field(60.0, gt=0)
     api_threads: int = Field(128, ge=1, le=4096)

@@ -16,7 +16,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import torch
 
 from service.batching import Batcher, BatchPolicy
 from service.ml.checkpoint import load_checkpoint
@@ -34,10 +37,13 @@ class CachedModel:
     digest: str
     lock: threading.Lock = field(default_factory=threading.Lock)
     policy: BatchPolicy = field(default_factory=BatchPolicy)
+    on_pass: Callable[[int], None] | None = None
     batcher: Batcher = field(init=False)
+    dtype: torch.dtype = field(init=False)  # of the model's parameters: what inputs are cast to
 
     def __post_init__(self) -> None:
-        self.batcher = Batcher(self.model, self.lock, self.policy)
+        self.batcher = Batcher(self.model, self.lock, self.policy, self.on_pass)
+        self.dtype = next(self.model.parameters()).dtype
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,18 @@ class ServedRun:
 class ModelCache:
     """Load checkpoints from ``store`` on first use; keep the ``capacity`` most recently used."""
 
-    def __init__(self, store: ModelStore, capacity: int = 8, policy: BatchPolicy | None = None) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        capacity: int = 8,
+        policy: BatchPolicy | None = None,
+        on_pass: Callable[[int], None] | None = None,
+    ) -> None:
+        """``on_pass(n)`` is told the request count of every batched model pass (for metrics)."""
         self.store = store
         self.capacity = capacity
         self.policy = policy or BatchPolicy()
+        self.on_pass = on_pass
         self._entries: OrderedDict[tuple[str, str], CachedModel] = OrderedDict()
         self._runs: dict[str, tuple[float, ServedRun]] = {}
         self._lock = threading.Lock()
@@ -84,7 +98,7 @@ class ModelCache:
                 self._entries.move_to_end(key)
                 return entry
         loaded = load_checkpoint(self.store.run_dir(run_id), expected_digest=digest)
-        entry = CachedModel(model=loaded.model, digest=digest, policy=self.policy)
+        entry = CachedModel(model=loaded.model, digest=digest, policy=self.policy, on_pass=self.on_pass)
         with self._lock:
             entry = self._entries.setdefault(key, entry)
             self._entries.move_to_end(key)

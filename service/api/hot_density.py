@@ -44,7 +44,7 @@ class HotDensityMiddleware:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == "/density":
             hit = self._lookup(scope["query_string"])
             if hit is not None:
-                body = await self._answer(*hit)
+                body = await self._answer(*hit, scope.get("client"))
                 if body is not None:
                     scope["route"] = _Route
                     headers = [*_HEADERS, (b"content-length", str(len(body)).encode())]
@@ -73,9 +73,11 @@ class HotDensityMiddleware:
         return hot[0].id, hot[1], xs
 
     @staticmethod
-    async def _answer(run_id: str, entry: CachedModel, xs: list[str]) -> bytes | None:
+    async def _answer(
+        run_id: str, entry: CachedModel, xs: list[str], client: tuple[str, int] | None
+    ) -> bytes | None:
         try:  # a wrong dimension or bad number raises here, like in the route
-            values = await log_density_async(entry, parse_query_points(xs), "x")
+            values = await log_density_async(entry, parse_query_points(xs), "x", client)
         except Exception:  # the route answers it, with its problem+json
             return None
         return json.dumps({"run_id": run_id, "log_density": values}, separators=(",", ":")).encode()

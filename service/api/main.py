@@ -82,9 +82,10 @@ def create_app(
         timeout_s=settings.batch_timeout_s,
         inline_max_points=settings.batch_inline_max_points,
     )
-    app.state.model_cache = ModelCache(store, settings.model_cache_size, policy)
-    app.state.dispatcher = dispatcher or CeleryDispatcher(settings)
     app.state.telemetry = Telemetry()
+    on_pass = app.state.telemetry.batch_requests.observe
+    app.state.model_cache = ModelCache(store, settings.model_cache_size, policy, on_pass)
+    app.state.dispatcher = dispatcher or CeleryDispatcher(settings)
     install_error_handlers(app)
     for router in ROUTERS:
         if router is ops.router:  # probes and metrics stay open (orchestrators call them)

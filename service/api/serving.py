@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 
-import torch
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
@@ -97,10 +96,6 @@ def _succeeded_run(session: Session, cache: ModelCache, run_id: uuid.UUID) -> Se
     return run
 
 
-def _model_dtype(entry: CachedModel) -> torch.dtype:
-    return next(entry.model.parameters()).dtype
-
-
 def _model_points(entry: CachedModel, points: Tensor, field: str) -> Tensor:
     """``points`` in the model's dtype; 422 naming ``field`` when ``D`` is not the model's."""
     dim = entry.model.dim
@@ -111,7 +106,7 @@ def _model_points(entry: CachedModel, points: Tensor, field: str) -> Tensor:
             fix=f"give exactly {dim} coordinates per point (expected dim {dim})",
             field=field,
         )
-    return points.to(_model_dtype(entry))
+    return points.to(entry.dtype)
 
 
 def log_density(entry: CachedModel, points: Tensor, field: str) -> list[float | None]:
@@ -157,10 +152,12 @@ def _served_model_in_session(
         return served_model(session, cache, run_id, kind)
 
 
-async def log_density_async(entry: CachedModel, points: Tensor, field: str) -> list[float | None]:
-    """``log_density`` awaiting the batcher on the event loop."""
+async def log_density_async(
+    entry: CachedModel, points: Tensor, field: str, client: Hashable | None = None
+) -> list[float | None]:
+    """``log_density`` awaiting the batcher on the event loop; ``client``: the caller's connection."""
     with _busy_as_503():
-        values = await entry.batcher.log_prob_async(_model_points(entry, points, field))
+        values = await entry.batcher.log_prob_async(_model_points(entry, points, field), client)
     return as_json_floats(values.tolist())
 
 

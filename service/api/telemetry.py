@@ -1,4 +1,5 @@
-"""Prometheus metrics: request latency per route template, runs by status (read at scrape time)."""
+"""Prometheus metrics: request latency per route template, requests per batched model pass, runs by
+status (read at scrape time)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,21 @@ class Telemetry:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self.batch_requests = Histogram(
+            "odeserve_batch_requests",
+            "Requests answered by one model pass of the query batcher (1: not merged).",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024),
+        )
+        self._latency_children: dict[tuple[str, str, int], Any] = {}
         self.runs = Gauge("odeserve_runs", "Training runs by status.", ["status"], registry=self.registry)
+
+    def observe_latency(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        child = self._latency_children.get(key)
+        if child is None:  # labels() costs more than the observation: keep each series' child
+            child = self._latency_children[key] = self.latency.labels(method, route, str(status))
+        child.observe(seconds)
 
     def set_run_counts(self, counts: dict[str, int]) -> None:
         for status, n in counts.items():
@@ -53,6 +68,6 @@ class TelemetryMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.telemetry.latency.labels(
-                method=scope.get("method", ""), route=template, status=str(status["code"])
-            ).observe(time.perf_counter() - started)
+            self.telemetry.observe_latency(
+                scope.get("method", ""), template, status["code"], time.perf_counter() - started
+            )

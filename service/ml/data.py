@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 MAX_DIM = 64
+# The smallest magnitude a float64 rounds to float32 infinity from: halfway between float32's largest
+# finite value, 2**128 - 2**104, and 2**128 (ties go to the even neighbour, infinity).
+FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 """Most columns a user dataset or query may have (exact divergence costs ~D forward passes)."""
 MIN_CSV_POINTS = 10
 """Fewest rows an uploaded CSV training set may have (a train/test split needs a few)."""
@@ -235,15 +238,18 @@ def _tabulate(
         raise _error(
             f"got {n} points; at most {max_points} are allowed", "send fewer or split them", field, n
         )
-    out = torch.tensor(values, dtype=torch.float64).to(torch.float32)
-    bad = (~torch.isfinite(out)).nonzero()
-    if bad.numel():
-        i, j = (int(v) for v in bad[0])
-        raw = values[i][j]
+    # Checked in Python: a small query pays ~1 us here instead of ~20 us of tensor ops.
+    if not all(-FLOAT32_OVERFLOW < v < FLOAT32_OVERFLOW for row in values for v in row):  # NaN: False
+        i, j, raw = next(
+            (i, j, v)
+            for i, row in enumerate(values)
+            for j, v in enumerate(row)
+            if not abs(v) < FLOAT32_OVERFLOW
+        )
         what = f"is {raw}" if not math.isfinite(raw) else f"is {raw:g}, beyond the float32 range"
         fix = "give finite numbers within +-3.4e38 (no NaN or infinity)"
         raise _error(f"{labels[i]}, column {j + col_base} {what}", fix, field, raw)
-    return out
+    return torch.tensor(values, dtype=torch.float32)
 
 
 def points_from_rows(

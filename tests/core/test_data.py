@@ -9,6 +9,7 @@ import torch
 
 from service.ml.data import (
     DATASETS,
+    FLOAT32_OVERFLOW,
     MAX_DIM,
     MIN_CSV_POINTS,
     PointData,
@@ -315,6 +316,7 @@ ROW_CASES = {
     "nan": ([[1, 2], [3, math.nan]], "row 1, column 1"),
     "inf": ([[math.inf, 2]], "row 0, column 0"),
     "huge int": ([[10**400, 2]], "row 0, column 0"),
+    "beyond float32": ([[1, 2], [3, -4e38]], "row 1, column 1 is -4e+38, beyond the float32 range"),
     "string": ([[1, 2], ["3", 4]], "row 1, column 0"),
     "bool": ([[1, True]], "row 0, column 1"),
     "null": ([[1, 2], [None, 4]], "row 1, column 0"),
@@ -345,6 +347,17 @@ def test_row_count_limits() -> None:
         points_from_rows(rows, max_dim=1)
     out = points_from_rows(rows, max_points=5)
     assert out.dtype == torch.float32 and out.shape == (5, 2)
+
+
+def test_the_float32_limit_is_where_float64_values_round_to_infinity() -> None:
+    # Accepted exactly when torch's own float64 -> float32 conversion stays finite.
+    for edge in (FLOAT32_OVERFLOW, -FLOAT32_OVERFLOW):
+        inside = math.nextafter(edge, 0.0)
+        assert torch.isinf(torch.tensor([edge], dtype=torch.float64).float()).all()
+        assert torch.isfinite(torch.tensor([inside], dtype=torch.float64).float()).all()
+        assert torch.equal(points_from_rows([[inside, 1.0]]), torch.tensor([[inside, 1.0]]).float())
+        with pytest.raises(DataError, match="beyond the float32 range"):
+            points_from_rows([[1.0, edge]])
 
 
 def test_csv_with_and_without_header_parse_to_the_same_points() -> None:

@@ -220,6 +220,61 @@ def test_loop_requests_go_to_the_thread_while_it_holds_the_model(model):
     assert batcher._thread is not None  # handed over rather than blocking the loop on the lock
 
 
+def test_loop_passes_wait_for_the_clients_of_the_last_two_passes(model):
+    """Closed-loop clients answered in two alternating groups are merged back into one pass."""
+    passes: list[int] = []
+    batcher = Batcher(model, policy=BatchPolicy(max_wait_s=0.5), on_pass=passes.append)
+
+    async def ask(client: str, seed: int, delay: float = 0.0) -> torch.Tensor:
+        await asyncio.sleep(delay)
+        return await batcher.log_prob_async(_points(1, seed=seed), client)
+
+    async def timed(*calls: Any) -> float:
+        began = time.monotonic()
+        await asyncio.gather(*calls)
+        return time.monotonic() - began
+
+    async def main() -> list[float]:
+        await asyncio.gather(ask("a", 0), ask("b", 1))  # one pass of 2 clients
+        await asyncio.gather(ask("c", 2), ask("d", 3))  # then another group of 2
+        # a and b come first; the pass waits (at most 0.5 s) for c and d, who arrive 50 ms later,
+        # and goes as soon as all four are there.
+        merged = await timed(ask("a", 4), ask("b", 5), ask("c", 6, delay=0.05), ask("d", 7, delay=0.05))
+        waited = await timed(ask("a", 8))  # b, c and d are gone: a waits the 0.5 s once
+        alone = await timed(ask("a", 9))  # a lone client is not delayed
+        return [merged, waited, alone]
+
+    merged, waited, alone = asyncio.run(main())
+    assert passes == [2, 2, 4, 1, 1]
+    assert merged < waited and waited >= 0.5 and alone < 0.5  # the merged pass did not time out
+
+
+def test_a_contended_thread_pass_waits_only_while_a_companion_of_its_size_fits(model):
+    batcher = Batcher(model, policy=BatchPolicy(max_points=10, max_wait_s=0.3, inline_max_points=0))
+
+    def timed_contended_call(n: int) -> float:
+        batcher._contended = True  # as after a merged pass
+        began = time.monotonic()
+        batcher.log_prob(_points(n, seed=n))
+        return time.monotonic() - began
+
+    assert timed_contended_call(4) >= 0.3  # 4 + 4 <= 10: worth waiting for
+    assert timed_contended_call(6) < 0.3  # 6 + 6 > 10: no companion like it could join
+
+
+def test_a_lone_loop_client_never_waits(model):
+    batcher = Batcher(model, policy=BatchPolicy(max_wait_s=5.0))
+
+    async def main() -> float:
+        began = time.monotonic()
+        for seed in range(3):
+            await batcher.log_prob_async(_points(1, seed=seed), "a")
+        return time.monotonic() - began
+
+    assert asyncio.run(main()) < 2.0
+    assert batcher.forward_passes == 3
+
+
 def test_a_cancelled_loop_request_is_skipped(model):
     batcher = Batcher(model)
     got = _gather(batcher, [_points(1, seed=i) for i in range(4)], cancel=2)

@@ -15,9 +15,9 @@ def hot_calls(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = hot_density.log_density_async
 
-    async def counting(entry, points, field):
+    async def counting(entry, points, field, client=None):
         calls.append(int(points.shape[0]))
-        return await real(entry, points, field)
+        return await real(entry, points, field, client)
 
     monkeypatch.setattr(hot_density, "log_density_async", counting)
     return calls
@@ -33,6 +33,8 @@ def test_hot_path_answers_a_loaded_run_exactly_like_the_route(client, trained_ru
     assert got.json() == posted.json()
     metrics = client.get("/metrics").text
     assert 'route="/density"' in metrics and 'method="GET"' in metrics
+    passes = [line for line in metrics.splitlines() if line.startswith("odeserve_batch_requests_count")]
+    assert passes and float(passes[0].split()[-1]) >= 2  # the POST's pass and the GET's
 
 
 @pytest.mark.parametrize(

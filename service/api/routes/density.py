@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
@@ -65,6 +65,7 @@ def parse_points_param(values: list[str], field: str = "x") -> list[list[float]]
 
 @router.get("/density", response_model=DensityOut, responses=ERRORS)
 async def density_get(
+    request: Request,
     run_id: uuid.UUID,
     sessions: SessionFactoryDep,
     cache: ModelCacheDep,
@@ -80,11 +81,14 @@ async def density_get(
     """Natural-log density of each point under a succeeded run's model."""
     points = await _off_loop_if_large(len(x), parse_query_points, x)
     row, entry = await served_model_async(sessions, cache, run_id)
-    return DensityOut(run_id=row.id, log_density=await log_density_async(entry, points, "x"))
+    values = await log_density_async(entry, points, "x", request.client)
+    return DensityOut(run_id=row.id, log_density=values)
 
 
 @router.post("/density", response_model=DensityOut, responses=ERRORS)
-async def density_post(body: DensityRequest, sessions: SessionFactoryDep, cache: ModelCacheDep) -> DensityOut:
+async def density_post(
+    request: Request, body: DensityRequest, sessions: SessionFactoryDep, cache: ModelCacheDep
+) -> DensityOut:
     """Like ``GET /density`` for up to ``MAX_DENSITY_POINTS`` points in a JSON body.
 
     For a latent ODE run send ``series`` instead: each gets a lower bound on its log-likelihood.
@@ -93,7 +97,8 @@ async def density_post(body: DensityRequest, sessions: SessionFactoryDep, cache:
         return await run_in_threadpool(_series_density, body, sessions, cache)
     points = await _off_loop_if_large(len(body.points), _parse_post, body.points)
     row, entry = await served_model_async(sessions, cache, body.run_id)
-    return DensityOut(run_id=row.id, log_density=await log_density_async(entry, points, "points"))
+    values = await log_density_async(entry, points, "points", request.client)
+    return DensityOut(run_id=row.id, log_density=values)
 
 
 def _series_density(body: DensityRequest, sessions: SessionFactory, cache: ModelCache) -> DensityOut:
