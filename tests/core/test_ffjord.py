@@ -72,16 +72,22 @@ def test_forward_jacobian_equals_autograd_jacobian(conditioning: str, dim: int, 
         torch.testing.assert_close(jac[b], exact)  # df_i/dx_j at [i, j]
 
 
+@pytest.mark.parametrize("activation", ["tanh", "softplus", "elu"])
 @pytest.mark.parametrize(("dim", "hidden"), [(2, (5, 4)), (3, (6,)), (1, (4, 4, 3))])
-def test_lean_serving_net_equals_the_module_path(dim: int, hidden: tuple) -> None:
-    net = _model(dim, hidden_dims=list(hidden)).dynamics.net
-    x = torch.randn(7, dim, dtype=torch.float64)
-    t = torch.tensor(0.4, dtype=torch.float64)
-    with torch.no_grad():
-        f, jac = net.forward_with_jacobian(t, x)
-        lean_f, lean_jac_t = net.lean()(t, x)
-    torch.testing.assert_close(lean_f, f)
-    torch.testing.assert_close(lean_jac_t.transpose(1, 2), jac)  # the lean net returns it transposed
+def test_lean_serving_net_equals_the_module_path(dim: int, hidden: tuple, activation: str) -> None:
+    net = _model(dim, hidden_dims=list(hidden), activation=activation).dynamics.net
+    lean = net.lean()
+    # Batch sizes and times change between calls: the reused buffers must not leak state.
+    for batch, time in [(7, 0.4), (1, 1.3), (7, -0.2)]:
+        x = torch.randn(batch, dim, dtype=torch.float64)
+        t = torch.tensor(time, dtype=torch.float64)
+        with torch.no_grad():
+            f, jac = net.forward_with_jacobian(t, x)
+            lean_f, lean_jac_t = (v.clone() for v in lean(t, x))
+        torch.testing.assert_close(lean_f, f)
+        torch.testing.assert_close(lean_jac_t.transpose(1, 2), jac)  # the lean net returns it transposed
+        with torch.no_grad():
+            torch.testing.assert_close(lean.field(t, x), f)
 
 
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])

@@ -104,7 +104,7 @@ class CNFDynamics(nn.Module):
 
     def forward(self, t: Tensor, state: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
         if isinstance(state, Tensor):
-            return self.net(t, state)
+            return self.net(t, state) if self.lean is None else self.lean.field(t, state)
         x = state[0]
         if self.estimator == "exact":
             # The lean snapshot returns the Jacobian transposed: trace and Frobenius norm agree.
