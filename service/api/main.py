@@ -6,6 +6,7 @@ through ``odeserve up``. Tests pass their own settings, session factory and disp
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -62,6 +63,11 @@ def create_app(
         # Sync routes and large-input parsing run in anyio's threadpool (40 threads by default).
         # Point queries await their batch on the loop and hold no thread while they wait.
         to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        # Move the ~300k objects of the imports (torch, FastAPI, SQLAlchemy, Celery) out of the
+        # collector's reach: a full collection scanned them all, ~300 ms each, which cost a
+        # 1000-sample query 2.1 ms on average (0.001 ms frozen; measured in the API's process).
+        gc.collect()
+        gc.freeze()
         yield
         if owned_engine is not None:
             owned_engine.dispose()

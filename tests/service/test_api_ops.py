@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from fastapi.testclient import TestClient
 
 from service.api.main import create_app
@@ -57,3 +59,12 @@ def test_settings_read_documented_environment_names(monkeypatch):
     assert settings.database_url == "sqlite:///x.db" and settings.redis_url == "redis://r:6379/1"
     assert str(settings.models_store) == "/srv/models" and settings.progress_every == 9
     assert settings.visibility_timeout > settings.max_run_seconds
+
+
+def test_startup_freezes_the_imported_objects_out_of_the_collector(settings, sessions):
+    gc.unfreeze()  # whatever an earlier app froze
+    long_lived: list[object] = [[i] for i in range(1000)]  # tracked objects that exist at startup
+    assert gc.get_freeze_count() == 0
+    with TestClient(create_app(settings, session_factory=sessions)):
+        frozen = gc.get_freeze_count()
+    assert frozen > len(long_lived)  # full collections no longer scan them on every request
