@@ -48,6 +48,7 @@ _TRAIN_DEFAULTS = TrainConfig()
 DEFAULT = "default: 2x64 exact rk4-h0.5 RNODE-0.01 step-check b256 lr3e-3"
 DOPRI5 = "2x64 exact dopri5-1e-3 b256 lr3e-3 (the default before)"
 FIXED_T1 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T=1 fixed b256 lr3e-3"
+FIXED_T05 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T=0.5 fixed b256 lr3e-3"
 _RNODE_OFF = {"kinetic_weight": 0.0, "jacobian_weight": 0.0}
 PRESETS: dict[str, Preset] = {
     "reference": Preset(
@@ -61,6 +62,7 @@ PRESETS: dict[str, Preset] = {
     DOPRI5: Preset(_RNODE_OFF, SolverConfig(rtol=1e-3, atol=1e-3), 256, 3e-3),
     # RNODE fixes T = 1 (Finlay et al. 2020): fewer steps per solve than a learned T.
     FIXED_T1: Preset({"integration_time": 1.0, "learn_integration_time": False}, None, 256, 3e-3),
+    FIXED_T05: Preset({"integration_time": 0.5, "learn_integration_time": False}, None, 256, 3e-3),
     "2x64 exact rk4-h0.5 RNODE-0.01 no-step-check b256 lr3e-3": Preset(
         {"step_check_interval": 0}, SolverConfig(method="rk4", step_size=0.5), 256, 3e-3
     ),
