@@ -88,6 +88,7 @@ def run_embedded(host: str, port: int, data_dir: Path) -> None:
         upgrade(settings.database_url)
         worker = _start_worker(env)
         stack.callback(_stop_worker, worker)
+        from service.api.http_protocol import CoalescingHttpToolsProtocol
         from service.api.main import create_app
 
         log.info("odeserve on http://%s:%d (docs at /docs), worker pid %d", host, port, worker.pid)
@@ -95,4 +96,6 @@ def run_embedded(host: str, port: int, data_dir: Path) -> None:
         # signal; SIGTERM's default handler would end the process before the stack stops the worker
         # and Redis, so make it unwind like Ctrl-C does.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+        level = settings.log_level.lower()
+        app = create_app(settings)
+        uvicorn.run(app, host=host, port=port, log_level=level, http=CoalescingHttpToolsProtocol)

@@ -74,3 +74,12 @@ def test_dockerfile_takes_torch_build_as_argument():
     text = (ROOT / "Dockerfile").read_text()
     assert "ARG TORCH_INDEX_URL" in text and '--index-url "${TORCH_INDEX_URL}"' in text
     assert "service.api.main:create_app" in text and "USER odeserve" in text
+
+
+def test_api_serves_with_the_coalescing_protocol_that_exists(compose):
+    from uvicorn.importer import import_from_string
+
+    command = compose["services"]["api"]["command"]
+    assert command[:3] == ["uvicorn", "--factory", "service.api.main:create_app"]
+    protocol = import_from_string(command[command.index("--http") + 1])
+    assert protocol.__name__ == "CoalescingHttpToolsProtocol"
