@@ -137,8 +137,7 @@ class Batcher:
 
         ``client`` identifies the caller (its connection) across requests; None: a new one each time.
         """
-        req = self._density(points)
-        req.client = client
+        req = self._density(points, client)
         if req.size <= self.policy.inline_max_points:
             result = await self._inline_pass(req)
             if result is not None:
@@ -148,10 +147,10 @@ class Batcher:
     async def sample_async(self, n: int, seed: int) -> Tensor:
         return await self._await(self._submit(_Request("sample", n, seed=seed)))
 
-    def _density(self, points: Tensor) -> _Request:
+    def _density(self, points: Tensor, client: Hashable | None = None) -> _Request:
         if points.dim() != 2 or points.shape[1] != self.model.dim or points.shape[0] < 1:
             raise ValueError(f"points must be (N >= 1, {self.model.dim}), got {tuple(points.shape)}")
-        return _Request("density", int(points.shape[0]), points=points)
+        return _Request("density", int(points.shape[0]), points=points, client=client)
 
     def _submit(self, req: _Request) -> Future[Tensor]:
         req.future = Future()
