@@ -116,7 +116,7 @@ class _Workspace:
     current state, the candidate and the stage inputs; the dynamics only ever sees views of them.
     """
 
-    def __init__(self, y0: tuple[Tensor, ...], tableau: ButcherTableau, rtol: float) -> None:
+    def __init__(self, y0: tuple[Tensor, ...], tableau: ButcherTableau, rtol: float, atol: float) -> None:
         first = y0[0]
         if any(y.dtype != first.dtype or y.device != first.device for y in y0):
             raise TypeError("every tensor of the state must share one dtype and device")
@@ -135,12 +135,15 @@ class _Workspace:
         states = torch.empty(3, n, **kw)
         self.y0, self.y1, self.scratch = states.unsqueeze(1).unbind(0)
         self.y0_views, self.y1_views, self.scratch_views = _row_views(states, self.shapes, self.sizes)
+        # abs0/abs1 hold |y| + atol/rtol, so rtol * max(abs0, abs1) is the error tolerance.
         self.abs0, self.abs1, self.err, self.tol = torch.empty(4, 1, n, **kw).unbind(0)
-        # Error weights pre-divided by rtol: err / (atol + rtol m) = (err / rtol) / (atol/rtol + m).
+        self.err_flat = self.err.view(-1)
+        self.shift = torch.scalar_tensor(atol / rtol, **kw)
+        # Row 0: the error weights divided by rtol; row i >= 1: the weights of stage i's input.
+        # Steps scale them by dt inside addmm/the norm, so no per-step table is built.
         self.table = _table(tableau, **kw).clone()
         self.table[0].div_(rtol)
-        self.coef = torch.empty(stages, stages, **kw)
-        self.coef_rows = self.coef.view(stages, 1, stages).unbind(0)  # each (1, stages)
+        self.table_rows = self.table.view(stages, 1, stages).unbind(0)  # each (1, stages)
         self.segment: Tensor | None = None
         if len(y0) > 1:  # segment means as one matmul: column s averages tensor s
             self.segment = torch.zeros(n, len(y0), **kw)
@@ -157,16 +160,15 @@ class _Workspace:
         views = tuple(p.view(count, *s) for p, s in zip(pieces, self.shapes, strict=True))
         return out, list(out.unbind(0)), views
 
-    def mixed_rms_sq(self, values: Tensor) -> float:
-        """Squared mixed norm of ``values`` ``(1, N)``: max over tensors of the mean square.
+    def err_rms_sq(self) -> float:
+        """Squared mixed norm of ``err``: the max over the state's tensors of their mean square.
 
-        ``values`` may be overwritten.
+        Overwrites ``err`` when the state is a tuple.
         """
         if self.segment is None:
-            flat = values.view(-1)
-            return float(torch.dot(flat, flat)) / flat.numel()
-        values.mul_(values)
-        torch.mm(values, self.segment, out=self.ratio)
+            return float(torch.dot(self.err_flat, self.err_flat)) / self.err_flat.numel()
+        self.err.mul_(self.err)
+        torch.mm(self.err, self.segment, out=self.ratio)
         return float(self.ratio.max())
 
 
@@ -177,15 +179,15 @@ _IDLE_MAX = 8
 _CACHE_MAX_ELEMENTS = 1 << 20
 
 
-def _signature(state: tuple[Tensor, ...], rtol: float) -> tuple[object, ...]:
-    return (rtol, *((y.shape, y.dtype, y.device) for y in state))
+def _signature(state: tuple[Tensor, ...], rtol: float, atol: float) -> tuple[object, ...]:
+    return (rtol, atol, *((y.shape, y.dtype, y.device) for y in state))
 
 
-def _acquire(state: tuple[Tensor, ...], tableau: ButcherTableau, rtol: float) -> _Workspace:
-    key = _signature(state, rtol)
+def _acquire(state: tuple[Tensor, ...], tableau: ButcherTableau, rtol: float, atol: float) -> _Workspace:
+    key = _signature(state, rtol, atol)
     workspace = _IDLE.pop(key, None)
     if workspace is None:
-        workspace = _Workspace(state, tableau, rtol)
+        workspace = _Workspace(state, tableau, rtol, atol)
         workspace.key = key
     return workspace
 
@@ -204,13 +206,12 @@ class _Stepper:
     def __init__(self, func: Dynamics, y0: State, tableau: ButcherTableau, config: SolverConfig) -> None:
         self.single = isinstance(y0, Tensor)
         state = (y0,) if isinstance(y0, Tensor) else tuple(y0)
-        self.ws = _acquire(state, tableau, config.rtol)
+        self.ws = _acquire(state, tableau, config.rtol, config.atol)
         for target, value in zip(self.ws.y0_views, state, strict=True):
             target.copy_(value)
         self.func = func
         self.tableau = tableau
-        self.rtol, self.atol = config.rtol, config.atol
-        self.shift = config.atol / config.rtol
+        self.rtol = config.rtol
         self.nfe = 0
         self.device = self.ws.k.device
 
@@ -225,17 +226,21 @@ class _Stepper:
             target.copy_(value)
 
     def initial_step(self, t0: float, direction: float) -> float:
-        """Hairer's starting step size (one extra evaluation); ``K[0]`` must hold ``f(t0, y0)``."""
-        ws, order = self.ws, self.tableau.order - 1
+        """Hairer's starting step size (one extra evaluation); ``K[0]`` must hold ``f(t0, y0)``.
+
+        The tolerance ``atol + rtol |y0|`` is ``rtol * abs0``, so each norm below is divided by rtol.
+        """
+        ws, order, rtol = self.ws, self.tableau.order - 1, self.rtol
         f0 = ws.k[:1]
-        torch.mul(ws.abs0, self.rtol, out=ws.tol).add_(self.atol)
-        d0 = math.sqrt(ws.mixed_rms_sq(torch.div(ws.y0, ws.tol, out=ws.err)))
-        d1 = math.sqrt(ws.mixed_rms_sq(torch.div(f0, ws.tol, out=ws.err)))
+        torch.div(ws.y0, ws.abs0, out=ws.err)
+        d0 = math.sqrt(ws.err_rms_sq()) / rtol
+        torch.div(f0, ws.abs0, out=ws.err)
+        d1 = math.sqrt(ws.err_rms_sq()) / rtol
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         torch.add(ws.y0, f0, alpha=direction * h0, out=ws.y1)
         self.call(t0 + direction * h0, ws.y1_views, 1)
-        torch.sub(ws.k[1:2], f0, out=ws.err)
-        d2 = math.sqrt(ws.mixed_rms_sq(ws.err.div_(ws.tol))) / h0
+        torch.sub(ws.k[1:2], f0, out=ws.err).div_(ws.abs0)
+        d2 = math.sqrt(ws.err_rms_sq()) / rtol / h0
         if not math.isfinite(d0 + d1 + d2):
             return math.nan
         d12 = max(d1, d2)
@@ -245,22 +250,31 @@ class _Stepper:
     def step(self, t: float, dt: float) -> float:
         """Attempt one step of size ``dt`` from ``(t, y0)``; ``y1`` and ``K`` hold the result.
 
-        Returns the error ratio (<= 1 means accept).
+        Returns the error ratio (<= 1 means accept). The per-evaluation work is inlined: at small
+        batches the Python around each stage costs as much as the tensor operations.
         """
-        ws, c = self.ws, self.tableau.c
-        torch.mul(ws.table, dt, out=ws.coef)
+        ws, c, func, single = self.ws, self.tableau.c, self.func, self.single
+        k, y0, rows, k_views = ws.k, ws.y0, ws.table_rows, ws.k_views
+        addmm, scalar, f64, device = torch.addmm, torch.scalar_tensor, torch.float64, self.device
         last = len(c) - 1
-        for i in range(1, last):
-            torch.addmm(ws.y0, ws.coef_rows[i], ws.k, out=ws.scratch)
-            self.call(t + c[i] * dt, ws.scratch_views, i)
-        torch.addmm(ws.y0, ws.coef_rows[last], ws.k, out=ws.y1)
-        self.call(t + c[last] * dt, ws.y1_views, last)
-        torch.mm(ws.coef_rows[0], ws.k, out=ws.err)
-        torch.abs(ws.y1, out=ws.abs1)
+        out, views = ws.scratch, ws.scratch_views
+        for i in range(1, last + 1):
+            if i == last:
+                out, views = ws.y1, ws.y1_views
+            addmm(y0, rows[i], k, alpha=dt, out=out)
+            time = scalar(t + c[i] * dt, dtype=f64, device=device)
+            if single:
+                k_views[i][0].copy_(func(time, views[0]))
+            else:
+                for target, value in zip(k_views[i], func(time, views), strict=True):
+                    target.copy_(value)
+        self.nfe += last
+        # err = (E . K) dt / (atol + rtol max(|y0|, |y1|)); dt leaves the norm as |dt|.
+        torch.mm(rows[0], k, out=ws.err)
+        torch.abs(ws.y1, out=ws.abs1).add_(ws.shift)
         torch.maximum(ws.abs0, ws.abs1, out=ws.tol)
-        ws.tol.add_(self.shift)
         ws.err.div_(ws.tol)
-        return math.sqrt(ws.mixed_rms_sq(ws.err))
+        return abs(dt) * math.sqrt(ws.err_rms_sq())
 
     def accept(self) -> None:
         """Make ``y1`` the current state; the last stage is ``f(t1, y1)`` (FSAL)."""
@@ -328,7 +342,8 @@ def solve_inference(
     finally:
         counter.forward += stepper.nfe
         counter.phase = "backward"
-    if not bool(torch.isfinite(flat).all()):
+    # The largest magnitude is NaN or inf exactly when some value is (cheaper than isfinite.all()).
+    if flat.numel() and not math.isfinite(float(torch.linalg.vector_norm(flat, ord=math.inf))):
         raise _non_finite(config)
     _release(stepper.ws)
     return states[0] if stepper.single else states
@@ -341,7 +356,7 @@ def _integrate(stepper: _Stepper, times: list[float], rows: list[Tensor], config
     rows[0].copy_(ws.y0[0])
     t = times[0]
     stepper.call(t, ws.y0_views, 0)
-    torch.abs(ws.y0, out=ws.abs0)
+    torch.abs(ws.y0, out=ws.abs0).add_(ws.shift)
     dt = direction * stepper.initial_step(t, direction)
     if not math.isfinite(dt):
         raise _non_finite(config)
