@@ -49,6 +49,7 @@ DEFAULT = "default: 2x64 exact rk4-h0.5 RNODE-0.01 step-check b256 lr3e-3"
 DOPRI5 = "2x64 exact dopri5-1e-3 b256 lr3e-3 (the default before)"
 FIXED_T1 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T=1 fixed b256 lr3e-3"
 FIXED_T05 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T=0.5 fixed b256 lr3e-3"
+CAPPED_T2 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T<=2 b256 lr3e-3"
 _RNODE_OFF = {"kinetic_weight": 0.0, "jacobian_weight": 0.0}
 PRESETS: dict[str, Preset] = {
     "reference": Preset(
@@ -63,6 +64,8 @@ PRESETS: dict[str, Preset] = {
     # RNODE fixes T = 1 (Finlay et al. 2020): fewer steps per solve than a learned T.
     FIXED_T1: Preset({"integration_time": 1.0, "learn_integration_time": False}, None, 256, 3e-3),
     FIXED_T05: Preset({"integration_time": 0.5, "learn_integration_time": False}, None, 256, 3e-3),
+    # A learnt T (cheap early: one rk4 step at T = 0.5) that stops growing at 4 steps of 0.5.
+    CAPPED_T2: Preset({"max_integration_time": 2.0}, None, 256, 3e-3),
     "2x64 exact rk4-h0.5 RNODE-0.01 no-step-check b256 lr3e-3": Preset(
         {"step_check_interval": 0}, SolverConfig(method="rk4", step_size=0.5), 256, 3e-3
     ),

@@ -9,6 +9,7 @@ import torch
 
 from service.ml.checkpoint import load_checkpoint, save_checkpoint
 from service.ml.divergence import brute_force_divergence, hutchinson_divergence, sample_noise
+from service.ml.errors import ConfigError
 from service.ml.models import build_model
 from service.ml.models.ffjord import FFJORD
 from service.ml.ode import SolverConfig
@@ -179,3 +180,28 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path) -> None:
         a = loaded.sample(5, torch.Generator().manual_seed(0))
         b = model.sample(5, torch.Generator().manual_seed(0))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_capped_learnt_time_stops_at_the_cap_and_gets_no_gradient_beyond_it() -> None:
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    capped = _model(2, seed=2, max_integration_time=1.0)
+    fixed = _model(2, seed=2, integration_time=1.0, learn_integration_time=False)
+    with torch.no_grad():
+        fixed.loc.copy_(capped.loc), fixed.scale.copy_(capped.scale)
+        capped.sqrt_end_time.fill_(math.sqrt(3.0))  # learnt past the cap
+    assert float(capped.end_time) == 1.0
+    with torch.no_grad():  # the flow integrates to exactly the cap: same density as T fixed there
+        torch.testing.assert_close(capped.log_prob(x), fixed.log_prob(x), rtol=1e-12, atol=1e-12)
+    capped.training_loss(x, torch.Generator(), 1).loss.backward()
+    assert capped.sqrt_end_time.grad is not None and float(capped.sqrt_end_time.grad) == 0.0
+    below = _model(2, seed=2, max_integration_time=1.0)  # T = 0.5 < cap: T still learns
+    below.training_loss(x, torch.Generator(), 1).loss.backward()
+    assert float(below.end_time) == pytest.approx(0.5) and float(below.sqrt_end_time.grad) != 0.0
+
+
+def test_a_time_cap_below_the_initial_time_is_rejected_with_the_fix() -> None:
+    with pytest.raises(
+        ConfigError, match=r"max_integration_time \(0.2\) is below integration_time \(0.5\)"
+    ) as err:
+        _model(2, max_integration_time=0.2)
+    assert err.value.field == "model_config"

@@ -34,6 +34,7 @@ CASES = [
                                    "headers": {"content-type": "application/json"}}), 422, "training.lr"),
     ("bad hidden dims", _train(model_config={"hidden_dims": [0]}), 422, "model_config.hidden_dims.0"),
     ("unknown model_config key", _train(model_config={"depth": 3}), 422, "model_config.depth"),
+    ("T cap below start", _train(model_config={"max_integration_time": 0.2}), 422, "model_config"),
     ("malformed json", ("POST", "/train", {"content": b"{", "headers": {"content-type": "application/json"}}),
      422, "body"),
     ("missing dataset", ("POST", "/train", {"json": {"model": "ffjord"}}), 422, "dataset"),
@@ -97,6 +98,14 @@ def test_bad_input_is_a_problem_naming_the_field(client, trained_run, problem, r
 def test_dim_mismatch_names_the_expected_dim(client, trained_run, problem):
     body = problem(client.get("/density", params={"run_id": trained_run["id"], "x": "1,2,3"}), 422, "x")
     assert "expected dim 2" in body["detail"]
+
+
+def test_a_t_cap_below_the_start_names_both_fields_and_the_fix(client, problem):
+    body = problem(client.post("/train", json={**BASE, "model_config": {"max_integration_time": 0.2}}), 422,
+                   "model_config")  # fmt: skip
+    message = body["errors"][0]["message"]
+    assert "max_integration_time (0.2)" in message and "integration_time (0.5)" in message
+    assert "raise max_integration_time" in message
 
 
 def test_unknown_names_list_the_valid_ones(client, problem):

@@ -45,12 +45,12 @@ def parse_model_config(name: str, config: Mapping[str, Any] | BaseModel | None) 
         return cls.config_class.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "model_config"
+        where = ".".join(str(p) for p in first["loc"])  # empty: a check across fields
         raise ConfigError(
-            f"invalid model_config for {name}: {where}: {first['msg']}",
+            f"invalid model_config for {name}: {f'{where}: ' if where else ''}{first['msg']}",
             value=first.get("input"),
             fix=f"see the {cls.config_class.__name__} fields in the API docs",
-            field=f"model_config.{where}",
+            field=f"model_config.{where}" if where else "model_config",
         ) from None
 
 

@@ -33,7 +33,7 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from service.ml.divergence import hutchinson_divergence, sample_noise
@@ -67,6 +67,13 @@ class FFJORDConfig(BaseModel):
     hutchinson_noise: Literal["gaussian", "rademacher"] = "gaussian"
     integration_time: float = Field(0.5, gt=0, le=100, description="Initial end time T.")
     learn_integration_time: bool = Field(True, description="Train T along with the net.")
+    max_integration_time: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="Upper bound on a learnt T (null: none). The RNODE penalties favour a longer, "
+        "slower flow, so a learnt T keeps growing, and with it the steps per solve.",
+    )
     kinetic_weight: float = Field(0.01, ge=0, le=1e3, description="RNODE kinetic-energy weight.")
     jacobian_weight: float = Field(0.01, ge=0, le=1e3, description="RNODE Jacobian-norm weight.")
     step_check_interval: int = Field(
@@ -82,6 +89,16 @@ class FFJORDConfig(BaseModel):
         le=10,
         description="Fixed-step training: halve the step when that gap exceeds this (nats).",
     )
+
+    @model_validator(mode="after")
+    def _cap_not_below_start(self) -> FFJORDConfig:
+        cap = self.max_integration_time
+        if cap is not None and cap < self.integration_time:
+            raise ValueError(
+                f"max_integration_time ({cap:g}) is below integration_time ({self.integration_time:g}): "
+                "raise max_integration_time or lower integration_time"
+            )
+        return self
 
     @property
     def regularized(self) -> bool:
@@ -184,7 +201,10 @@ class FFJORD(DensityModel):
 
     @property
     def end_time(self) -> Tensor:
-        return self.sqrt_end_time.square()
+        """``T``; a learnt ``T`` stops at ``max_integration_time`` (no gradient beyond it)."""
+        end = self.sqrt_end_time.square()
+        cap = self.config.max_integration_time
+        return end if cap is None else end.clamp(max=cap)
 
     def _times(self, reverse: bool, like: Tensor) -> Tensor:
         zero = torch.zeros((), dtype=like.dtype, device=like.device)
