@@ -45,11 +45,11 @@ class Preset:
 
 
 _TRAIN_DEFAULTS = TrainConfig()
-DEFAULT = "default: 2x64 exact rk4-h0.5 RNODE-0.01 step-check b256 lr3e-3"
-DOPRI5 = "2x64 exact dopri5-1e-3 b256 lr3e-3 (the default before)"
+DEFAULT = "default: 2x64 exact rk4-h0.5 RNODE-0.01 step-check T<=2 b256 lr3e-3"
+DOPRI5 = "2x64 exact dopri5-1e-3 b256 lr3e-3 (the first default)"
 FIXED_T1 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T=1 fixed b256 lr3e-3"
 FIXED_T05 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T=0.5 fixed b256 lr3e-3"
-CAPPED_T2 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T<=2 b256 lr3e-3"
+UNCAPPED = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T unbounded b256 lr3e-3 (the default before)"
 _RNODE_OFF = {"kinetic_weight": 0.0, "jacobian_weight": 0.0}
 PRESETS: dict[str, Preset] = {
     "reference": Preset(
@@ -64,8 +64,8 @@ PRESETS: dict[str, Preset] = {
     # RNODE fixes T = 1 (Finlay et al. 2020): fewer steps per solve than a learned T.
     FIXED_T1: Preset({"integration_time": 1.0, "learn_integration_time": False}, None, 256, 3e-3),
     FIXED_T05: Preset({"integration_time": 0.5, "learn_integration_time": False}, None, 256, 3e-3),
-    # A learnt T (cheap early: one rk4 step at T = 0.5) that stops growing at 4 steps of 0.5.
-    CAPPED_T2: Preset({"max_integration_time": 2.0}, None, 256, 3e-3),
+    # A learnt T that may grow without bound (each 0.5 it gains adds an rk4 step per solve).
+    UNCAPPED: Preset({"max_integration_time": None}, None, 256, 3e-3),
     "2x64 exact rk4-h0.5 RNODE-0.01 no-step-check b256 lr3e-3": Preset(
         {"step_check_interval": 0}, SolverConfig(method="rk4", step_size=0.5), 256, 3e-3
     ),
@@ -73,7 +73,7 @@ PRESETS: dict[str, Preset] = {
         {}, SolverConfig(rtol=1e-3, atol=1e-3), 256, 5e-3
     ),
 }
-FULL_PRESETS = ["reference", DEFAULT, DOPRI5]
+FULL_PRESETS = ["reference", DEFAULT, UNCAPPED]
 QUICK_PRESETS = FULL_PRESETS
 
 

@@ -24,6 +24,7 @@ from service.db.leases import checkpoint_lease
 from service.ml.checkpoint import load_checkpoint, save_checkpoint
 from service.ml.data import DATASETS, PointData, load_dataset, point_data_from_tensor
 from service.ml.errors import DataError, OdeServeError, TrainingCanceled
+from service.ml.models import stored_model_config
 from service.ml.ode import SolverConfig
 from service.ml.series import load_series_dataset, series_data_from_list
 from service.ml.training import ProgressEvent, TrainConfig, TrainingData, TrainState, fit, init_model
@@ -238,7 +239,8 @@ def _train(
         data = load_training_data(row.dataset, config.seed, store, sessions)
         if not isinstance(data, PointData):
             device = "cpu"  # series batches are built on the CPU
-        model = init_model(row.model, row.model_config, data.dim, SolverConfig(**row.solver), config.seed)
+        model_config = stored_model_config(row.model, row.model_config)
+        model = init_model(row.model, model_config, data.dim, SolverConfig(**row.solver), config.seed)
         recorder.model = model.to(device)
         result = fit(
             model,

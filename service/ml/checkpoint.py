@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel
 
 from service.ml.errors import CheckpointError, OdeServeError
-from service.ml.models import DensityModel, build_model
+from service.ml.models import DensityModel, build_model, stored_model_config
 from service.ml.ode import SolverConfig
 from service.ml.training import TrainConfig, TrainState
 
@@ -195,9 +195,8 @@ def load_checkpoint(
     digest = _verify(directory, manifest, expected_digest)
     meta = json.loads((directory / "config.json").read_text())
     try:
-        model = build_model(
-            meta["model"], meta["model_config"], int(meta["dim"]), SolverConfig(**meta["solver"])
-        )
+        config = stored_model_config(meta["model"], meta["model_config"])
+        model = build_model(meta["model"], config, int(meta["dim"]), SolverConfig(**meta["solver"]))
         model.load_state_dict(_torch_load(directory / "model.pt", map_location))
     except (KeyError, TypeError, ValueError, RuntimeError, OdeServeError) as exc:
         raise CheckpointError(

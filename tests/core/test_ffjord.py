@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
+from service.ml import checkpoint
 from service.ml.checkpoint import load_checkpoint, save_checkpoint
 from service.ml.divergence import brute_force_divergence, hutchinson_divergence, sample_noise
 from service.ml.errors import ConfigError
-from service.ml.models import build_model
-from service.ml.models.ffjord import FFJORD
+from service.ml.models import build_model, stored_model_config
+from service.ml.models.ffjord import FFJORD, FFJORDConfig
 from service.ml.ode import SolverConfig
 
 TIGHT = SolverConfig(rtol=1e-9, atol=1e-9, max_num_steps=20_000)
@@ -205,3 +207,33 @@ def test_a_time_cap_below_the_initial_time_is_rejected_with_the_fix() -> None:
     ) as err:
         _model(2, max_integration_time=0.2)
     assert err.value.field == "model_config"
+
+
+def test_the_default_cap_is_two_or_the_initial_time_and_null_removes_it() -> None:
+    assert FFJORDConfig().max_integration_time == 2.0
+    assert FFJORDConfig(integration_time=3.0).max_integration_time == 3.0  # never below the start
+    assert FFJORDConfig(max_integration_time=None).max_integration_time is None
+
+
+def test_a_checkpoint_stored_before_the_cap_existed_loads_uncapped(tmp_path) -> None:
+    model = _model(2, max_integration_time=None)
+    with torch.no_grad():
+        model.sqrt_end_time.fill_(math.sqrt(2.6))  # a learnt T past today's default cap
+    save_checkpoint(tmp_path / "run", model)
+    # Rewrite the checkpoint as an earlier odeserve wrote it: no max_integration_time in its config.
+    config_path, manifest_path = tmp_path / "run" / "config.json", tmp_path / "run" / "manifest.json"
+    meta = json.loads(config_path.read_text())
+    del meta["model_config"]["max_integration_time"]
+    config_path.write_text(json.dumps(meta))
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["config.json"] = checkpoint._sha256(config_path)
+    manifest["digest"] = checkpoint._combine(manifest["files"])
+    manifest_path.write_text(json.dumps(manifest))
+    loaded = load_checkpoint(tmp_path / "run").model
+    assert loaded.config.max_integration_time is None
+    assert float(loaded.end_time) == pytest.approx(2.6)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.double().log_prob(x), model.log_prob(x), rtol=1e-5, atol=1e-5)
+    assert stored_model_config("ffjord", {"max_integration_time": 1.5})["max_integration_time"] == 1.5
+    assert stored_model_config("latent_ode", {}) == {}

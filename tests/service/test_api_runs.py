@@ -15,6 +15,7 @@ def test_train_returns_202_location_and_the_queued_run(client, queue, tiny_run):
     assert run["progress"] == {"iteration": 0, "total": 6, "fraction": 0.0, "eta_s": None}
     assert run["model_config"]["hidden_dims"] == [8]  # defaults are filled in
     assert run["model_config"]["divergence"] == "exact"
+    assert run["model_config"]["max_integration_time"] == 2.0  # stored, so later defaults cannot change it
     assert run["solver"]["method"] == "dopri5" and run["training"]["batch_size"] == 32
     assert queue.queued[-1] == run["id"]
     assert queue.run_pending() == ["succeeded"]

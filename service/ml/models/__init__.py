@@ -20,6 +20,7 @@ __all__ = [
     "LossOutput",
     "build_model",
     "parse_model_config",
+    "stored_model_config",
 ]
 
 MODELS: dict[str, type[DensityModel]] = {
@@ -52,6 +53,16 @@ def parse_model_config(name: str, config: Mapping[str, Any] | BaseModel | None) 
             fix=f"see the {cls.config_class.__name__} fields in the API docs",
             field=f"model_config.{where}" if where else "model_config",
         ) from None
+
+
+def stored_model_config(name: str, config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A model config as an earlier run stored it (checkpoint, run row), ready to parse.
+
+    Stored configs are complete, so a field missing from one did not exist yet: it gets the value
+    that was in effect then (the config class's ``LEGACY_DEFAULTS``), not today's default.
+    """
+    legacy = getattr(model_class(name).config_class, "LEGACY_DEFAULTS", {})
+    return {**legacy, **dict(config or {})}
 
 
 def build_model(
