@@ -250,27 +250,17 @@ class _Stepper:
     def step(self, t: float, dt: float) -> float:
         """Attempt one step of size ``dt`` from ``(t, y0)``; ``y1`` and ``K`` hold the result.
 
-        Returns the error ratio (<= 1 means accept). The per-evaluation work is inlined: at small
-        batches the Python around each stage costs as much as the tensor operations.
+        Returns the error ratio (<= 1 means accept).
         """
-        ws, c, func, single = self.ws, self.tableau.c, self.func, self.single
-        k, y0, rows, k_views = ws.k, ws.y0, ws.table_rows, ws.k_views
-        addmm, scalar, f64, device = torch.addmm, torch.scalar_tensor, torch.float64, self.device
+        ws, c = self.ws, self.tableau.c
         last = len(c) - 1
-        out, views = ws.scratch, ws.scratch_views
-        for i in range(1, last + 1):
-            if i == last:
-                out, views = ws.y1, ws.y1_views
-            addmm(y0, rows[i], k, alpha=dt, out=out)
-            time = scalar(t + c[i] * dt, dtype=f64, device=device)
-            if single:
-                k_views[i][0].copy_(func(time, views[0]))
-            else:
-                for target, value in zip(k_views[i], func(time, views), strict=True):
-                    target.copy_(value)
-        self.nfe += last
+        for i in range(1, last):
+            torch.addmm(ws.y0, ws.table_rows[i], ws.k, alpha=dt, out=ws.scratch)
+            self.call(t + c[i] * dt, ws.scratch_views, i)
+        torch.addmm(ws.y0, ws.table_rows[last], ws.k, alpha=dt, out=ws.y1)
+        self.call(t + c[last] * dt, ws.y1_views, last)
         # err = (E . K) dt / (atol + rtol max(|y0|, |y1|)); dt leaves the norm as |dt|.
-        torch.mm(rows[0], k, out=ws.err)
+        torch.mm(ws.table_rows[0], ws.k, out=ws.err)
         torch.abs(ws.y1, out=ws.abs1).add_(ws.shift)
         torch.maximum(ws.abs0, ws.abs1, out=ws.tol)
         ws.err.div_(ws.tol)
