@@ -130,10 +130,15 @@ class _Workspace:
         # Zeroed, and kept finite by the solve (a non-finite stage stops it), so each stage input
         # may use a full-width coefficient row: rows not yet written this step get weight 0.
         self.k = torch.zeros(stages, n, **kw)
-        self.k_first, self.k_last = self.k[0], self.k[-1]
+        self.k_first, self.k_second, self.k_last = self.k[0], self.k[1], self.k[-1]
+        # Stage times of a step, ``t + c * dt``: one buffer filled per step, one 0-d view per stage.
+        self.c = torch.tensor(tableau.c, dtype=torch.float64, device=first.device)
+        self.stage_times = torch.empty(stages, dtype=torch.float64, device=first.device)
+        self.stage_time_views = self.stage_times.unbind(0)
         self.k_views = _row_views(self.k, self.shapes, self.sizes)
         states = torch.empty(3, n, **kw)
         self.y0, self.y1, self.scratch = states.unsqueeze(1).unbind(0)
+        self.y0_row, self.y1_row = states[0], states[1]  # the same, flat ``(N,)``
         self.y0_views, self.y1_views, self.scratch_views = _row_views(states, self.shapes, self.sizes)
         # abs0/abs1 hold |y| + atol/rtol, so rtol * max(abs0, abs1) is the error tolerance.
         self.abs0, self.abs1, self.err, self.tol = torch.empty(4, 1, n, **kw).unbind(0)
@@ -215,9 +220,8 @@ class _Stepper:
         self.nfe = 0
         self.device = self.ws.k.device
 
-    def call(self, t: float, views: tuple[Tensor, ...], row: int) -> None:
-        """Evaluate the dynamics at ``(t, views)`` into stage row ``row`` of ``K``."""
-        time = torch.scalar_tensor(t, dtype=torch.float64, device=self.device)
+    def call(self, time: Tensor, views: tuple[Tensor, ...], row: int) -> None:
+        """Evaluate the dynamics at ``(time, views)`` into stage row ``row`` of ``K``."""
         self.nfe += 1
         if self.single:
             self.ws.k_views[row][0].copy_(self.func(time, views[0]))
@@ -225,21 +229,26 @@ class _Stepper:
         for target, value in zip(self.ws.k_views[row], self.func(time, views), strict=True):
             target.copy_(value)
 
+    def call_at(self, t: float, views: tuple[Tensor, ...], row: int) -> None:
+        """:meth:`call` at a time given as a float (a fresh 0-d tensor, outside the step loop)."""
+        self.call(torch.scalar_tensor(t, dtype=torch.float64, device=self.device), views, row)
+
     def initial_step(self, t0: float, direction: float) -> float:
         """Hairer's starting step size (one extra evaluation); ``K[0]`` must hold ``f(t0, y0)``.
 
         The tolerance ``atol + rtol |y0|`` is ``rtol * abs0``, so each norm below is divided by rtol.
         """
         ws, order, rtol = self.ws, self.tableau.order - 1, self.rtol
-        f0 = ws.k[:1]
+        f0 = ws.k_first
         torch.div(ws.y0, ws.abs0, out=ws.err)
         d0 = math.sqrt(ws.err_rms_sq()) / rtol
         torch.div(f0, ws.abs0, out=ws.err)
         d1 = math.sqrt(ws.err_rms_sq()) / rtol
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         torch.add(ws.y0, f0, alpha=direction * h0, out=ws.y1)
-        self.call(t0 + direction * h0, ws.y1_views, 1)
-        torch.sub(ws.k[1:2], f0, out=ws.err).div_(ws.abs0)
+        self.call_at(t0 + direction * h0, ws.y1_views, 1)
+        torch.sub(ws.k_second, f0, out=ws.err_flat)
+        ws.err.div_(ws.abs0)
         d2 = math.sqrt(ws.err_rms_sq()) / rtol / h0
         if not math.isfinite(d0 + d1 + d2):
             return math.nan
@@ -252,13 +261,15 @@ class _Stepper:
 
         Returns the error ratio (<= 1 means accept).
         """
-        ws, c = self.ws, self.tableau.c
-        last = len(c) - 1
+        ws = self.ws
+        times = ws.stage_time_views
+        last = len(times) - 1
+        torch.mul(ws.c, dt, out=ws.stage_times).add_(t)
         for i in range(1, last):
             torch.addmm(ws.y0, ws.table_rows[i], ws.k, alpha=dt, out=ws.scratch)
-            self.call(t + c[i] * dt, ws.scratch_views, i)
+            self.call(times[i], ws.scratch_views, i)
         torch.addmm(ws.y0, ws.table_rows[last], ws.k, alpha=dt, out=ws.y1)
-        self.call(t + c[last] * dt, ws.y1_views, last)
+        self.call(times[last], ws.y1_views, last)
         # err = (E . K) dt / (atol + rtol max(|y0|, |y1|)); dt leaves the norm as |dt|.
         torch.mm(ws.table_rows[0], ws.k, out=ws.err)
         torch.abs(ws.y1, out=ws.abs1).add_(ws.shift)
@@ -270,6 +281,7 @@ class _Stepper:
         """Make ``y1`` the current state; the last stage is ``f(t1, y1)`` (FSAL)."""
         ws = self.ws
         ws.y0, ws.y1 = ws.y1, ws.y0
+        ws.y0_row, ws.y1_row = ws.y1_row, ws.y0_row
         ws.abs0, ws.abs1 = ws.abs1, ws.abs0
         ws.y0_views, ws.y1_views = ws.y1_views, ws.y0_views
         ws.k_first.copy_(ws.k_last)
@@ -308,7 +320,8 @@ def solve_inference(
 
     Args:
         func: the dynamics; called as ``func(t, y)`` with ``t`` a float64 0-d tensor and ``y``
-            shaped like ``y0``; returns the same structure.
+            shaped like ``y0``; returns the same structure. ``t`` and ``y`` are views of the
+            solver's buffers, valid for the call only: later steps overwrite them.
         y0: initial state, a tensor or a tuple of tensors sharing one dtype and device.
         t: 1-D strictly monotone times, shape ``(T,)``.
         config: tolerances and ``max_num_steps`` (every accepted or rejected step counts).
@@ -343,9 +356,9 @@ def _integrate(stepper: _Stepper, times: list[float], rows: list[Tensor], config
     """Step through ``times``, writing the state at each of them into ``rows``."""
     ws, order = stepper.ws, DOPRI5.order
     direction = 1.0 if times[-1] > times[0] else -1.0
-    rows[0].copy_(ws.y0[0])
+    rows[0].copy_(ws.y0_row)
     t = times[0]
-    stepper.call(t, ws.y0_views, 0)
+    stepper.call_at(t, ws.y0_views, 0)
     torch.abs(ws.y0, out=ws.abs0).add_(ws.shift)
     dt = direction * stepper.initial_step(t, direction)
     if not math.isfinite(dt):
@@ -381,4 +394,4 @@ def _integrate(stepper: _Stepper, times: list[float], rows: list[Tensor], config
                 dt = max(proposal, dt, key=abs) if clipped else proposal
             else:
                 dt = proposal
-        row.copy_(ws.y0[0])
+        row.copy_(ws.y0_row)
