@@ -28,11 +28,10 @@ from typing import Any
 import torch
 
 from benchmarks.report import write_results
-from benchmarks.train_curves import IMAGE, curves_png
+from benchmarks.train_curves import write_curves
 from service.ml.errors import TrainingCanceled
 from service.ml.ode import SolverConfig
 from service.ml.training import ProgressEvent, TrainConfig, fit, init_model
-from service.store import atomic_write
 
 EVAL_SOLVER = SolverConfig(rtol=1e-5, atol=1e-5, max_num_steps=10_000)
 
@@ -308,9 +307,7 @@ def main(argv: list[str] | None = None) -> None:
         notes,
     )
     if not args.quick:  # the README's picture shows the full run
-        IMAGE.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(IMAGE, curves_png(results))
-        print(f"wrote {IMAGE}")
+        write_curves(results)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from benchmarks.report import RESULTS
 from service.plots.canvas import new_figure, to_png
 from service.store import atomic_write
 
-__all__ = ["IMAGE", "curves_png", "main"]
+__all__ = ["IMAGE", "curves_png", "main", "write_curves"]
 
 IMAGE = Path(__file__).resolve().parent.parent / "docs" / "img" / "bench_train.png"
 
@@ -48,13 +48,17 @@ def curves_png(results: dict[str, Any]) -> bytes:
     return to_png(fig)
 
 
+def write_curves(results: dict[str, Any], target: Path = IMAGE) -> None:
+    """Draw ``results`` into ``target`` (its folder is created)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, curves_png(results))
+    print(f"wrote {target}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     source = Path(args[0]) if args else RESULTS / "bench_train.json"
-    target = Path(args[1]) if len(args) > 1 else IMAGE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, curves_png(json.loads(source.read_text())["results"]))
-    print(f"wrote {target}")
+    write_curves(json.loads(source.read_text())["results"], Path(args[1]) if len(args) > 1 else IMAGE)
 
 
 if __name__ == "__main__":
