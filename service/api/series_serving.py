@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from service.api.serving import as_json_floats
+from service.api.serving import json_floats
 from service.ml.errors import DataError
 from service.ml.series_io import series_from_json
 from service.model_cache import CachedModel
@@ -34,10 +34,6 @@ def split_missing(rows: Sequence[Sequence[float | None]]) -> tuple[list[list[flo
     values = [[0.0 if v is None else float(v) for v in row] for row in rows]
     mask = [[0.0 if v is None else 1.0 for v in row] for row in rows]
     return values, mask
-
-
-def _rows(tensor: torch.Tensor) -> Nested:
-    return [as_json_floats(row) for row in tensor.tolist()]
 
 
 def predict(entry: CachedModel, body: PredictRequest) -> tuple[Nested, Nested]:
@@ -77,7 +73,7 @@ def predict(entry: CachedModel, body: PredictRequest) -> tuple[Nested, Nested]:
             generator=generator,
             include_noise=body.include_noise,
         )
-    return _rows(mean), _rows(std)
+    return json_floats(mean), json_floats(std)
 
 
 def parse_times_param(text: str, field: str = "t") -> list[float]:
@@ -125,7 +121,7 @@ def trajectories(
             span = float(entry.model.train_span)  # type: ignore[arg-type]
             times = torch.linspace(0, span, count, dtype=torch.float64).tolist()
         samples = entry.model.sample(n, generator, times=times)
-    return list(times), [_rows(path) for path in samples]
+    return list(times), json_floats(samples)
 
 
 def series_log_density(entry: CachedModel, series: Sequence[SeriesIn]) -> list[float | None]:
@@ -134,4 +130,4 @@ def series_log_density(entry: CachedModel, series: Sequence[SeriesIn]) -> list[f
     parsed = series_from_json(raw, observed_fraction=1.0)
     with entry.lock, torch.no_grad():
         bound = entry.model.log_prob(parsed)
-    return as_json_floats(bound.tolist())
+    return json_floats(bound)

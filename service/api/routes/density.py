@@ -13,12 +13,13 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from service.api.deps import ModelCacheDep, SessionFactoryDep
 from service.api.series_serving import series_log_density
-from service.api.serving import log_density_async, served_model, served_model_async
+from service.api.serving import log_density_async, model_json, served_model, served_model_async
 from service.db import SessionFactory
 from service.ml.data import MAX_DIM, points_from_rows
 from service.ml.errors import DataError
@@ -77,18 +78,18 @@ async def density_get(
             description="One point per parameter, coordinates comma-separated: x=0.5,1.2&x=-1,0",
         ),
     ],
-) -> DensityOut:
+) -> Response:
     """Natural-log density of each point under a succeeded run's model."""
     points = await _off_loop_if_large(len(x), parse_query_points, x)
     row, entry = await served_model_async(sessions, cache, run_id)
     values = await log_density_async(entry, points, "x", request.client)
-    return DensityOut(run_id=row.id, log_density=values)
+    return model_json(DensityOut.model_construct(run_id=row.id, log_density=values))
 
 
 @router.post("/density", response_model=DensityOut, responses=ERRORS)
 async def density_post(
     request: Request, body: DensityRequest, sessions: SessionFactoryDep, cache: ModelCacheDep
-) -> DensityOut:
+) -> DensityOut | Response:
     """Like ``GET /density`` for up to ``MAX_DENSITY_POINTS`` points in a JSON body.
 
     For a latent ODE run send ``series`` instead: each gets a lower bound on its log-likelihood.
@@ -98,7 +99,7 @@ async def density_post(
     points = await _off_loop_if_large(len(body.points), _parse_post, body.points)
     row, entry = await served_model_async(sessions, cache, body.run_id)
     values = await log_density_async(entry, points, "points", request.client)
-    return DensityOut(run_id=row.id, log_density=values)
+    return model_json(DensityOut.model_construct(run_id=row.id, log_density=values))
 
 
 def _series_density(body: DensityRequest, sessions: SessionFactory, cache: ModelCache) -> DensityOut:

@@ -8,11 +8,12 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ModelCacheDep, SessionFactoryDep
 from service.api.series_serving import parse_times_param, trajectories
-from service.api.serving import sample_async, served_model_async
+from service.api.serving import model_json, sample_async, served_model_async
 from service.ml.errors import DataError
 from service.schemas import MAX_SAMPLE_N, Problem, SampleOut
 from service.series_schemas import MAX_TRAJECTORY_TIMES, MAX_TRAJECTORY_VALUES, TrajectoryOut
@@ -47,7 +48,7 @@ async def sample_get(
             ),
         ),
     ] = None,
-) -> SampleOut | TrajectoryOut:
+) -> TrajectoryOut | Response:
     """``n`` samples ``(n, D)`` drawn with a generator seeded by ``seed``.
 
     For a latent ODE run: ``n`` trajectories ``(n, T, D)`` from the prior at the times ``t``.
@@ -63,4 +64,5 @@ async def sample_get(
             fix="leave out t",
             field="t",
         )
-    return SampleOut(run_id=row.id, seed=seed, samples=await sample_async(entry, n, seed))
+    samples = await sample_async(entry, n, seed)
+    return model_json(SampleOut.model_construct(run_id=row.id, seed=seed, samples=samples))
