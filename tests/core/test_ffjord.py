@@ -93,6 +93,39 @@ def test_lean_serving_net_equals_the_module_path(dim: int, hidden: tuple, activa
             torch.testing.assert_close(lean.field(t, x), f)
 
 
+def test_lean_snapshot_is_reused_until_the_weights_change() -> None:
+    model = _model(2, hidden_dims=[6, 5])
+    net = model.dynamics.net
+    x = torch.randn(9, 2, dtype=torch.float64)
+
+    def fresh_log_prob() -> torch.Tensor:  # a model that never built a snapshot, same weights
+        twin = _model(2, hidden_dims=[6, 5], seed=1)
+        twin.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            return twin.log_prob(x)
+
+    first = net.lean()
+    assert net.lean() is first
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for change in ("optimizer step", "load_state_dict", "in-place under no_grad"):
+        with torch.no_grad():
+            before = model.log_prob(x)
+        if change == "optimizer step":
+            optimizer.zero_grad()
+            model.dynamics.net(torch.tensor(0.3, dtype=torch.float64), x).square().sum().backward()
+            optimizer.step()
+        elif change == "load_state_dict":
+            model.load_state_dict(_model(2, hidden_dims=[6, 5], seed=7).state_dict())
+        else:
+            with torch.no_grad():
+                net.layers[0].linear.weight.mul_(1.5)
+        with torch.no_grad():
+            after = model.log_prob(x)
+        assert not torch.allclose(after, before), change
+        torch.testing.assert_close(after, fresh_log_prob(), msg=change)
+    assert net.lean() is not first
+
+
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
 def test_hutchinson_is_unbiased_for_the_exact_trace(noise: str) -> None:
     net = _model(3).dynamics.net
