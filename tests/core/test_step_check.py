@@ -85,3 +85,18 @@ def test_the_halving_is_part_of_the_state_dict_and_old_state_dicts_still_load() 
     fresh = _model(1.0)
     fresh.load_state_dict(old)  # strict: a checkpoint from before the step check
     assert fresh.training_solver.step_size == 1.0
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_a_checked_iteration_counts_its_training_solve_and_the_checks_solves(divergence: str) -> None:
+    model = _model(0.5, step_tolerance=10.0, step_check_interval=2, divergence=divergence)
+    _loss_stats(model, iteration=1)  # not checked: only the training solve
+    training = (model.nfe.forward, model.nfe.backward)
+    assert training == (16, 16)  # rk4: 4 evaluations x 4 steps over T = 2, differentiated once
+    with torch.no_grad():
+        model.log_prob(_batch())
+    served = model.nfe.forward
+    _loss_stats(model, iteration=2)
+    # hutchinson re-solves the training discretisation with the exact trace before comparing
+    extra = 16 if divergence == "hutchinson" else 0
+    assert (model.nfe.forward, model.nfe.backward) == (16 + extra + served, 16)

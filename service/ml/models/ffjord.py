@@ -42,7 +42,7 @@ from service.ml.divergence import hutchinson_divergence, sample_noise
 from service.ml.inference import solve_inference
 from service.ml.models.base import DensityModel, LossOutput, Width, standard_normal_log_prob
 from service.ml.nets import LeanJacobianNet, ODENet, build_odenet
-from service.ml.ode import SolverConfig, State, solve
+from service.ml.ode import NfeCounter, SolverConfig, State, solve
 
 __all__ = ["FFJORD", "FFJORDConfig"]
 
@@ -327,11 +327,26 @@ class FFJORD(DensityModel):
 
     @torch.no_grad()
     def _check_step(self, batch: Tensor, nll: Tensor) -> dict[str, float]:
-        """Halve the training step if its batch NLL is off the adaptive solver's by > step_tolerance."""
-        if self.config.divergence != "exact":  # the training NLL is an estimate: recompute it exactly
-            out = self._to_base(self._standardise(batch), "exact", None, False, training_solve=True)
-            nll = -self._log_density(batch, *out).mean()
-        gap = float(nll + self.log_prob(batch).mean())
+        """Halve the training step if its batch NLL is off the adaptive solver's by > step_tolerance.
+
+        The check's solves count into a scratch counter (each solve resets the one it is given) and
+        their evaluations are then added to the training step's forward count: they are forward-only
+        work of this iteration. They had replaced its counts, so a run whose last iteration was a
+        check recorded the check's NFE and a backward NFE of 0.
+        """
+        training_count, self.nfe = self.nfe, NfeCounter()
+        evaluations = 0
+        try:
+            if self.config.divergence != "exact":  # the training NLL is an estimate: recompute it
+                out = self._to_base(self._standardise(batch), "exact", None, False, training_solve=True)
+                evaluations += self.nfe.forward
+                nll = -self._log_density(batch, *out).mean()
+            served = self.log_prob(batch)
+            evaluations += self.nfe.forward
+        finally:
+            self.nfe = training_count
+        training_count.forward += evaluations
+        gap = float(nll + served.mean())
         step = self.training_solver.step_size
         if abs(gap) > self.config.step_tolerance:
             self.step_scale.mul_(0.5)
