@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.eval_points} test points, exact trace, dopri5 rtol=atol=1e-5 for every model; "
         "evaluation time excluded from training time.",
         "NFE bwd: adjoint = evaluations of the augmented backward ODE; backprop = forward NFE "
-        "differentiated once (NfeCounter convention). Hutchinson (reference) vs exact trace (ours): "
+        "differentiated once (NfeCounter convention); NFE fwd includes the step check's dopri5 "
+        "solves (every 100 iterations). Hutchinson (reference) vs exact trace (ours): "
         "an exact-trace evaluation costs about D+1 forward passes (D=2).",
         "KL = test NLL - entropy of the true distribution (8gaussians: 2.833, checkerboard: log 32 = 3.466).",
         "Candidates are evaluated every 0.5 s of training for 30 s, every 2 s to 60 s, then 15 times more.",
