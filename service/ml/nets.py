@@ -234,7 +234,8 @@ class LeanJacobianNet:
 
     The returned tensors are views of those buffers, valid until the next call. Stale once the net's
     weights change (:meth:`ODENet.lean` rebuilds it then). Buffers are kept per batch size, least
-    recently used dropped first beyond ``_KEPT_ELEMENTS`` in all (serving batch sizes vary).
+    recently used dropped first beyond ``_KEPT_ELEMENTS`` in all (serving batch sizes vary); see
+    :meth:`trim`.
     """
 
     def __init__(self, net: ODENet) -> None:
@@ -266,9 +267,17 @@ class LeanJacobianNet:
             stacks += [torch.empty(1 + dim, batch, w.shape[1], **kw) for w in self.weights]
             slopes = [torch.empty(batch, w.shape[1], **kw) for w in self.weights[:-1]]
             buffers = self._stacks[batch] = (stacks, slopes)
-            while len(self._stacks) > 1 and self._kept_elements() > _KEPT_ELEMENTS:
-                del self._stacks[next(iter(self._stacks))]  # the least recently used batch size
+            self.trim(keep_latest=True)
         return buffers
+
+    def trim(self, keep_latest: bool = False) -> None:
+        """Drop buffers, least recently used first, until at most ``_KEPT_ELEMENTS`` are kept.
+
+        A solve calls the net on one batch size throughout, so its buffers stay (``keep_latest``);
+        after the solve, a batch too large to keep (a plot's grid) is dropped too.
+        """
+        while len(self._stacks) > int(keep_latest) and self._kept_elements() > _KEPT_ELEMENTS:
+            del self._stacks[next(iter(self._stacks))]
 
     def _kept_elements(self) -> int:
         return sum(b.numel() for stacks, slopes in self._stacks.values() for b in (*stacks, *slopes))

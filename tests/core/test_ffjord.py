@@ -126,6 +126,26 @@ def test_lean_snapshot_is_reused_until_the_weights_change() -> None:
     assert net.lean() is not first
 
 
+def test_lean_snapshot_keeps_buffers_within_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.ml import nets
+
+    model = _model(2, hidden_dims=[6, 5])
+    lean = model.dynamics.net.lean()
+    t = torch.tensor(0.3, dtype=torch.float64)
+    per_point = sum(b.numel() for stacks, slopes in [lean._buffers(1)] for b in (*stacks, *slopes))
+    monkeypatch.setattr(nets, "_KEPT_ELEMENTS", 40 * per_point)
+    with torch.no_grad():
+        for batch in (3, 30, 3):  # both fit: kept, most recently used last
+            lean(t, torch.randn(batch, 2, dtype=torch.float64))
+        assert list(lean._stacks) == [1, 30, 3]
+        # Too large to keep beside the others, or at all once its solve is over: all are dropped.
+        model.log_prob(torch.randn(50, 2, dtype=torch.float64))
+    assert model.dynamics.net.lean() is lean and list(lean._stacks) == []
+    with torch.no_grad():  # and the buffers that stay still give the module's answer
+        x = torch.randn(3, 2, dtype=torch.float64)
+        torch.testing.assert_close(lean(t, x)[0].clone(), model.dynamics.net(t, x))
+
+
 @pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
 def test_hutchinson_is_unbiased_for_the_exact_trace(noise: str) -> None:
     net = _model(3).dynamics.net

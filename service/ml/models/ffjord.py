@@ -255,13 +255,15 @@ class FFJORD(DensityModel):
     def _solve(self, state: State, times: Tensor, training_solve: bool = False) -> State:
         """torchdiffeq when gradients are on (or ``training_solve``); else the lean adaptive dopri5."""
         if not torch.is_grad_enabled() and not training_solve:
-            self.dynamics.lean = self.dynamics.net.lean()
+            lean = self.dynamics.lean = self.dynamics.net.lean()
             try:
                 # ``forward`` directly: nn.Module.__call__'s hook checks cost ~2 % of a small solve.
                 dynamics = self.dynamics.forward
                 return solve_inference(dynamics, state, times, self.solver.as_adaptive(), self.nfe)
             finally:
                 self.dynamics.lean = None
+                if lean is not None:
+                    lean.trim()  # the snapshot outlives the solve: keep at most 16 MiB of buffers
         return solve(self.dynamics, state, times, self.training_solver, self.nfe)
 
     @property
