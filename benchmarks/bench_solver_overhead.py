@@ -84,7 +84,11 @@ def _inner(fn: Callable[[], object], budget_s: float) -> int:
 def measure(
     func: nn.Module, y0: State, t: Tensor, config: SolverConfig, repeats: int, budget_s: float
 ) -> dict[str, Any]:
-    """Interleaved medians of one call, a torchdiffeq solve and an inference solve."""
+    """Per repeat, one call timed before and after each solver's solves; medians of the ratios.
+
+    The host's speed drifts within seconds, so each solve sample is divided by the mean of the
+    call samples taken right before and right after it, and the median over repeats is reported.
+    """
     counted = Counted(func)
     tdq = lambda: odeint(func, y0, t, rtol=config.rtol, atol=config.atol, method="dopri5")  # noqa: E731
     ours = lambda: solve_inference(func, y0, t, config)  # noqa: E731
@@ -92,24 +96,29 @@ def measure(
     call = lambda: func(t_call, y0)  # noqa: E731
     with torch.no_grad():
         odeint(counted, y0, t, rtol=config.rtol, atol=config.atol, method="dopri5")
-        nfe_tdq, counter = counted.calls, NfeCounter()
+        nfe = {"tdq": counted.calls}
+        counter = NfeCounter()
         solve_inference(func, y0, t, config, counter)
-        nfe_ours = counter.forward
+        nfe["ours"] = counter.forward
         inner = {name: _inner(fn, budget_s) for name, fn in (("call", call), ("tdq", tdq), ("ours", ours))}
-        samples: dict[str, list[float]] = {"call": [], "tdq": [], "ours": []}
+        calls: list[float] = []
+        solves: dict[str, list[float]] = {"tdq": [], "ours": []}
+        ratios: dict[str, list[float]] = {"tdq": [], "ours": []}
         for _ in range(repeats):
-            for name, fn in (("call", call), ("tdq", tdq), ("ours", ours)):
-                samples[name].append(median_time(fn, 1, inner[name]))
-    med = {k: statistics.median(v) for k, v in samples.items()}
-    return {
-        "call_s": med["call"],
-        "torchdiffeq": {"nfe": nfe_tdq, "solve_s": med["tdq"], "ratio": med["tdq"] / (nfe_tdq * med["call"])},
-        "inference": {
-            "nfe": nfe_ours,
-            "solve_s": med["ours"],
-            "ratio": med["ours"] / (nfe_ours * med["call"]),
-        },
-    }
+            calls.append(median_time(call, 1, inner["call"]))
+            for name, fn in (("tdq", tdq), ("ours", ours)):
+                solves[name].append(median_time(fn, 1, inner[name]))
+                calls.append(median_time(call, 1, inner["call"]))
+                around = (calls[-2] + calls[-1]) / 2
+                ratios[name].append(solves[name][-1] / (nfe[name] * around))
+    results: dict[str, Any] = {"call_s": statistics.median(calls)}
+    for name, key in (("tdq", "torchdiffeq"), ("ours", "inference")):
+        results[key] = {
+            "nfe": nfe[name],
+            "solve_s": statistics.median(solves[name]),
+            "ratio": statistics.median(ratios[name]),
+        }
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,12 +169,14 @@ def main(argv: list[str] | None = None) -> None:
         "met",
     ]
     notes = [
-        "ratio = solve time / (NFE x median time of one dynamics call); 1.0 = zero solver overhead.",
+        "ratio = solve time / (NFE x time of one dynamics call), the call timed right before and "
+        "right after each solve sample (their mean), median over repeats; 1.0 = zero solver overhead.",
         "dopri5, no grad, t in [0, 1] (MLP) or [0, T=0.5] (FFJORD, "
         "default FFJORDConfig, last layer perturbed so the flow is non-trivial).",
         "torchdiffeq = raw torchdiffeq.odeint(method='dopri5'); ours = service.ml.inference.solve_inference "
         "(NFE may differ: different embedded error weights and step landing).",
-        f"{'quick' if args.quick else 'full'} run: {repeats} interleaved repeats, medians.",
+        f"{'quick' if args.quick else 'full'} run: {repeats} repeats of call, torchdiffeq, call, ours, "
+        "call; call (us) and the solve times are medians.",
     ]
     write_results(
         "bench_solver_overhead",
