@@ -170,8 +170,8 @@ def json_floats(values: Tensor) -> list[Any]:
     """``values`` as nested lists with NaN and infinities as None: JSON has neither, they read null.
 
     Large outputs get one tensor-wide check first: scanning element by element costs about 0.6 us
-    of GIL-holding Python per value (1.2 ms for 1000 samples of 2 coordinates), which the solver
-    threads wait for; below ``_SCAN_MAX`` values the scan is cheaper than the tensor ops.
+    of Python per value on the event loop (1.2 ms for 1000 samples of 2 coordinates); below
+    ``_SCAN_MAX`` values the scan is cheaper than the tensor ops.
     """
     if values.numel() > _SCAN_MAX and bool(torch.isfinite(values).all()):
         return values.tolist()
