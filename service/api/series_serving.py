@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from service.api.serving import json_floats
+from service.json_values import json_floats
 from service.ml.errors import DataError
 from service.ml.series_io import series_from_json
 from service.model_cache import CachedModel

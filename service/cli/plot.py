@@ -6,7 +6,6 @@ Register on the main app with ``app.command("plot")(plot)`` and ``app.command("s
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from service.cli.common import cli_errors, configure_threads
+from service.json_values import finite_or_none
 from service.ml.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from service.ml.data import DATASETS, load_dataset
 from service.ml.errors import CheckpointError, ConfigError, DataError, OdeServeError, UnknownNameError
@@ -139,15 +139,6 @@ def _parse_grid(items: list[str]) -> dict[str, list[Any]]:
     return grid
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def _run_one(request: dict[str, Any], cache: dict[tuple[str, int], Any]) -> tuple[dict, Any]:
     """Train one combination; returns (run dict, (model, config, result)) or a failed run dict."""
     solver = SolverConfig.model_validate(request.get("solver") or {})
@@ -226,7 +217,7 @@ def sweep(
     rows = comparison_rows(runs, list(parsed))
     typer.echo(markdown_table(rows))
     if out_dir is not None:
-        summary = _finite({"base": request, "grid": parsed, "rows": rows, "runs": runs})
+        summary = finite_or_none({"base": request, "grid": parsed, "rows": rows, "runs": runs})
         text = json.dumps(summary, indent=2, default=str, allow_nan=False)
         write_atomic(out_dir / "sweep.json", text.encode())
         write_atomic(out_dir / "sweep.png", sweep_png(rows, next(iter(parsed))))

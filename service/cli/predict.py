@@ -9,7 +9,6 @@ the same shape ``POST /predict`` returns.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +17,7 @@ import typer
 
 from service.cli.common import cli_errors, configure_threads
 from service.cli.series_files import read_json
+from service.json_values import json_floats
 from service.ml.checkpoint import load_checkpoint
 from service.ml.errors import DataError
 
@@ -54,10 +54,6 @@ def _check_input(raw: Any) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise DataError(f"{key} must be an integer in [{low}, {high}], got {value!r}", field=key)
     return raw
-
-
-def _json_rows(tensor: torch.Tensor) -> list[list[float | None]]:
-    return [[v if math.isfinite(v) else None for v in row] for row in tensor.tolist()]
 
 
 @cli_errors
@@ -97,8 +93,8 @@ def predict(
         )
     result = {
         "predict_times": request["predict_times"],
-        "mean": _json_rows(mean),
-        "std": _json_rows(std),
+        "mean": json_floats(mean),
+        "std": json_floats(std),
         "n_samples": samples,
         "seed": seed,
     }

@@ -1,4 +1,4 @@
-"""How query routes turn model outputs into JSON: non-finite values become null, bodies match the schema."""
+"""Strict JSON from model outputs: non-finite values become null, response bodies match their schema."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from service.api.serving import json_floats, model_json
+from service.api.serving import model_json
+from service.json_values import finite_or_none, json_floats
 from service.schemas import DensityOut, SampleOut
 
 
@@ -26,6 +27,11 @@ def test_nan_and_infinities_become_none_in_place_at_any_depth(shape):
     flattened = _flatten(got)
     expected = [None if i in (1, 3, flat.numel() - 1) else float(i) for i in range(flat.numel())]
     assert flattened == expected
+
+
+def test_finite_or_none_goes_through_dicts_lists_and_tuples():
+    value = {"a": [1.0, math.nan, (2, math.inf)], "b": -math.inf, "c": "text", "d": None}
+    assert finite_or_none(value) == {"a": [1.0, None, [2, None]], "b": None, "c": "text", "d": None}
 
 
 def _flatten(nested):
