@@ -113,7 +113,7 @@ class TrainRequest(BaseModel):
         None,
         description=(
             "How to integrate. Omitted: the model's measured default (FFJORD: rk4 at step 0.5, "
-            "halved by the step check; latent ODE: dopri5 at rtol = atol = 1e-3). Fields left out "
+            "shrunk by the step check; latent ODE: dopri5 at rtol = atol = 1e-3). Fields left out "
             "of a given solver take the defaults shown here. Fixed-step methods train; FFJORD "
             "densities and samples are served by dopri5 at rtol/atol."
         ),

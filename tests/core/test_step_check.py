@@ -1,4 +1,4 @@
-"""Fixed-step FFJORD training checks its step against the adaptive (served) density and halves it."""
+"""Fixed-step FFJORD training checks its step against the adaptive (served) density and shrinks it."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from service.ml.ode import SolverConfig
 TIGHT_RTOL = 1e-10
 
 
-def _model(step: float, **cfg: object) -> FFJORD:
-    """A float64 flow with strong dynamics over T = 2, trained with rk4 at ``step``."""
+def _model(step: float, method: str = "rk4", **cfg: object) -> FFJORD:
+    """A float64 flow with strong dynamics over T = 2, trained with ``method`` (rk4) at ``step``."""
     torch.manual_seed(0)
-    solver = SolverConfig(method="rk4", step_size=step, rtol=TIGHT_RTOL, atol=TIGHT_RTOL, max_num_steps=9999)
+    solver = SolverConfig(method=method, step_size=step, rtol=TIGHT_RTOL, atol=TIGHT_RTOL, max_num_steps=9999)
     config = {"hidden_dims": [16], "integration_time": 2.0, "step_check_interval": 1, **cfg}
     model = build_model("ffjord", config, 2, solver).double()
     with torch.no_grad():
@@ -38,11 +38,34 @@ def test_the_gap_is_the_training_nll_minus_the_served_nll_and_a_large_gap_halves
     with torch.no_grad():
         served_nll = float(-model.log_prob(_batch()).mean())
     assert stats["step_gap"] == pytest.approx(stats["nll"] - served_nll, abs=1e-12)
-    assert abs(stats["step_gap"]) > 1e-4
+    assert abs(stats["step_gap"]) > 8 * 1e-4  # so far off that rk4's order asks for less than 0.5
     assert stats["step_size"] == 1.0  # the step that was checked
     assert float(model.step_scale) == 0.5
     assert model.training_solver.step_size == 0.5
     assert model.solver.step_size == 1.0  # the run's configuration is unchanged
+
+
+@pytest.mark.parametrize(
+    ("method", "step", "over", "factor"),
+    [
+        ("rk4", 0.5, 1.01, (0.5 / 1.01) ** (1 / 4)),  # 0.84: five steps over T = 2, not eight
+        ("rk4", 0.5, 3.0, (0.5 / 3.0) ** (1 / 4)),
+        ("midpoint", 0.25, 1.01, (0.5 / 1.01) ** (1 / 2)),
+        ("euler", 0.1, 1.01, 0.5),  # order 1 would ask for 0.495: at most halved
+    ],
+)
+def test_a_gap_over_the_tolerance_shrinks_the_step_by_the_factor_the_methods_order_predicts(
+    method: str, step: float, over: float, factor: float
+) -> None:
+    gap = abs(_loss_stats(_model(step, method=method, step_tolerance=10.0))["step_gap"])
+    assert gap > 1e-6
+    model = _model(step, method=method, step_tolerance=gap / over)  # same weights: the same gap
+    _loss_stats(model)
+    # the global error of an order-p method scales as h^p: aim the gap at half the tolerance
+    assert float(model.step_scale) == pytest.approx(factor, rel=1e-6)
+    assert model.training_solver.step_size == pytest.approx(step * factor, rel=1e-6)
+    # and it does: the same batch through the shrunk step is within the tolerance again
+    assert abs(_loss_stats(model, iteration=2)["step_gap"]) < gap / over
 
 
 def test_the_gap_shrinks_at_rk4_order_as_the_step_halves() -> None:
