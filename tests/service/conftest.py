@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from recording_queue import RecordingQueue  # tests/service is on sys.path (rootless test dir)
 
 from service.api.main import create_app
 from service.config import Settings
@@ -34,18 +35,12 @@ TINY_RUN: dict[str, Any] = {
 }
 
 
-class InlineQueue:
+class InlineQueue(RecordingQueue):
     """Records enqueued run ids; ``run_pending`` trains them in this process."""
 
     def __init__(self, settings: Settings, sessions: SessionFactory) -> None:
+        super().__init__()
         self.settings, self.sessions = settings, sessions
-        self.queued: list[str] = []
-
-    def enqueue(self, run_id: str) -> None:
-        self.queued.append(run_id)
-
-    def ping(self) -> None:
-        return None
 
     def run_pending(self) -> list[str | None]:
         done = []

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from recording_queue import RecordingQueue  # tests/service is on sys.path (rootless test dir)
 
 from service.api.main import create_app
 
@@ -19,17 +20,6 @@ WRONG = {"Authorization": "Bearer not-a-key"}
 MALFORMED = {"Authorization": f"Basic {KEYS[0]}"}
 OPEN_ROUTES = {"/livez", "/readyz", "/metrics"}
 QUERY_POSTS = {"/density", "/predict"}  # POST only to carry large bodies; reads, not writes
-
-
-class RecordingQueue:
-    def __init__(self) -> None:
-        self.queued: list[str] = []
-
-    def enqueue(self, run_id: str) -> None:
-        self.queued.append(run_id)
-
-    def ping(self) -> None:
-        return None
 
 
 def _client(settings: Any, sessions: Any, **changes: Any) -> TestClient:

@@ -26,6 +26,7 @@ import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
+from recording_queue import RecordingQueue  # tests/service is on sys.path (rootless test dir)
 from schemathesis.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -69,19 +70,6 @@ TINY = {
     "solver": {"method": "dopri5", "rtol": 1e-3, "atol": 1e-3},
     "training": {"iterations": 3, "batch_size": 32},
 }
-
-
-class RecordingQueue:
-    """Stands where the broker would: remembers run ids, runs nothing."""
-
-    def __init__(self) -> None:
-        self.queued: list[str] = []
-
-    def enqueue(self, run_id: str) -> None:
-        self.queued.append(run_id)
-
-    def ping(self) -> None:
-        return None
 
 
 # The schema must exist when the module is collected, so the app is built here (no I/O yet).
