@@ -253,6 +253,8 @@ class LeanJacobianNet:
         self._const_rows = self._consts.split(widths)
         self._one = torch.ones(1, dtype=self._bias.dtype, device=self._bias.device)
         self._stacks: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
+        self._sizes: dict[int, int] = {}  # elements of each batch size's buffers
+        self._kept = 0  # their sum: trim runs after every serving solve, so it is not recounted
 
     def _buffers(self, batch: int) -> tuple[list[Tensor], list[Tensor]]:
         """``Z`` buffers ``(1 + D, batch, width)`` for the input and each layer, and the slopes."""
@@ -267,6 +269,8 @@ class LeanJacobianNet:
             stacks += [torch.empty(1 + dim, batch, w.shape[1], **kw) for w in self.weights]
             slopes = [torch.empty(batch, w.shape[1], **kw) for w in self.weights[:-1]]
             buffers = self._stacks[batch] = (stacks, slopes)
+            self._sizes[batch] = sum(b.numel() for b in (*stacks, *slopes))
+            self._kept += self._sizes[batch]
             self.trim(keep_latest=True)
         return buffers
 
@@ -276,11 +280,10 @@ class LeanJacobianNet:
         A solve calls the net on one batch size throughout, so its buffers stay (``keep_latest``);
         after the solve, a batch too large to keep (a plot's grid) is dropped too.
         """
-        while len(self._stacks) > int(keep_latest) and self._kept_elements() > _KEPT_ELEMENTS:
-            del self._stacks[next(iter(self._stacks))]
-
-    def _kept_elements(self) -> int:
-        return sum(b.numel() for stacks, slopes in self._stacks.values() for b in (*stacks, *slopes))
+        while len(self._stacks) > int(keep_latest) and self._kept > _KEPT_ELEMENTS:
+            oldest = next(iter(self._stacks))
+            del self._stacks[oldest]
+            self._kept -= self._sizes.pop(oldest)
 
     def _time_terms(self, t: Tensor) -> None:
         time = float(t)
