@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
+from urllib.parse import parse_qsl
 
 import pytest
+import torch
 
 from service.api import hot_density
+from service.api.routes.density import parse_query_points
+from service.ml.errors import DataError
 
 
 @pytest.fixture
 def hot_calls(monkeypatch) -> list[int]:
-    """Counts answers computed by the hot path (it wraps the same serving call as the route)."""
+    """The values count of each answer the hot path sent (it builds every body with density_json)."""
     calls: list[int] = []
-    real = hot_density.log_density_async
+    real = hot_density.density_json
 
-    async def counting(entry, points, field, client=None):
-        calls.append(int(points.shape[0]))
-        return await real(entry, points, field, client)
+    def counting(run_id: str, values: list[float]) -> bytes:
+        calls.append(len(values))
+        return real(run_id, values)
 
-    monkeypatch.setattr(hot_density, "log_density_async", counting)
+    monkeypatch.setattr(hot_density, "density_json", counting)
     return calls
 
 
@@ -37,12 +43,23 @@ def test_hot_path_answers_a_loaded_run_exactly_like_the_route(client, trained_ru
     assert passes and float(passes[0].split()[-1]) >= 2  # the POST's pass and the GET's
 
 
+def test_hot_path_takes_unescaped_queries_and_other_spellings_of_the_run_id(client, trained_run, hot_calls):
+    run_id = trained_run["id"]
+    client.post("/density", json={"run_id": run_id, "points": [[0.0, 0.0]]})
+    plain = client.get(f"/density?run_id={run_id}&x=0.25,-0.5&x=1e-3,2")
+    upper = client.get(f"/density?x=0.25,-0.5&x=1e-3,2&run_id={{{run_id.upper()}}}")
+    assert plain.status_code == upper.status_code == 200
+    assert plain.json() == upper.json() and plain.json()["run_id"] == run_id
+    assert hot_calls == [2, 2]
+
+
 @pytest.mark.parametrize(
     ("params", "status", "field"),
     [
         ({"x": "0.5"}, 422, "x"),  # wrong dimension
         ({"x": "0.5,abc"}, 422, "x"),  # not a number
         ({"x": "nan,1"}, 422, "x"),
+        ({"x": "1e39,1"}, 422, "x"),  # beyond float32
         ({"run_id": "not-a-uuid", "x": "0,0"}, 422, "run_id"),
         ({"run_id": str(uuid.uuid4()), "x": "0,0"}, 404, "run_id"),
     ],
@@ -53,6 +70,7 @@ def test_bad_queries_fall_through_to_the_routes_problem_json(
     client.post("/density", json={"run_id": trained_run["id"], "points": [[0.0, 0.0]]})
     response = client.get("/density", params={"run_id": trained_run["id"], **params})
     problem(response, status, field)
+    assert hot_calls == []
 
 
 def test_other_queries_are_left_to_the_route(client, trained_run, hot_calls):
@@ -61,3 +79,41 @@ def test_other_queries_are_left_to_the_route(client, trained_run, hot_calls):
     many = client.get("/density", params={"run_id": trained_run["id"], "x": ["0,0"] * 65})
     assert extra.status_code == 200 and many.status_code == 200 and len(many.json()["log_density"]) == 65
     assert hot_calls == []
+
+
+VALID_X = [["0.5,1.2", "-1,0"], [" 1e-3 , 2_0"], ["3.4028234e38,-1.17549435e-38"], ["0.1,0.2"] * 3]
+REJECTED_X = [["nan,0"], ["inf,0"], ["1e39,0"], ["abc,0"], [",0"], ["0x10,0"]]
+
+
+@pytest.mark.parametrize("xs", VALID_X)
+def test_plain_points_equal_the_routes_parse(xs):
+    hot = hot_density.plain_points(xs, 2, torch.float32)
+    assert hot is not None and hot.dtype == torch.float32
+    assert torch.equal(hot, parse_query_points(xs))
+    wide = hot_density.plain_points(xs, 2, torch.float64)
+    assert wide is not None and torch.equal(wide, parse_query_points(xs).double())
+
+
+@pytest.mark.parametrize("xs", REJECTED_X)
+def test_plain_points_leave_what_the_route_rejects_to_the_route(xs):
+    assert hot_density.plain_points(xs, 2, torch.float32) is None
+    with pytest.raises(DataError):
+        parse_query_points(xs)
+
+
+def test_plain_points_leave_other_dimensions_to_the_route():
+    assert hot_density.plain_points(["1,2,3"], 2, torch.float32) is None
+    assert hot_density.plain_points(["1,2", "3"], 2, torch.float32) is None
+
+
+def test_density_json_is_the_routes_object_with_null_for_non_finite():
+    values = [-1.5, 1e-05, 3.0000001192092896, math.nan, -math.inf]
+    body = hot_density.density_json("abc", values)
+    assert body == b'{"run_id":"abc","log_density":[-1.5,1e-05,3.0000001192092896,null,null]}'
+    assert json.loads(body) == {"run_id": "abc", "log_density": [-1.5, 1e-05, 3.0000001192092896, None, None]}
+
+
+@pytest.mark.parametrize("query", ["a=1&b=2", "a=1&&b", "a=b=c&x=", "x=1%2C2&y=a+b", "", "run_id=&x=0,0"])
+def test_query_pairs_split_like_parse_qsl(query):
+    assert hot_density._query_pairs(query) == parse_qsl(query, keep_blank_values=True)
+
