@@ -8,11 +8,15 @@ density requests into one pass (``service.batching``).
 The cache also remembers, for ``SERVED_RUN_TTL_S``, which checkpoint a *succeeded* run serves, so a
 query on a hot run needs no database round trip. A succeeded run only changes by being deleted:
 ``discard`` (called by ``DELETE /runs/{id}``) forgets it at once in this process; other API
-processes stop serving it within the TTL.
+processes stop serving it within the TTL. With a ``confirm`` callback, a run recalled in the last
+``REFRESH_AHEAD_S`` of its TTL is read again in a background thread (one at a time per run), so a
+run under steady load never expires: without it, every TTL all the concurrent queries on the run
+fell through to a database lookup at once (about 2 % of the API's CPU under 16 one-point clients).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -26,9 +30,12 @@ from service.ml.checkpoint import load_checkpoint
 from service.ml.models import DensityModel
 from service.store import ModelStore
 
-__all__ = ["SERVED_RUN_TTL_S", "CachedModel", "ModelCache", "ServedRun"]
+__all__ = ["REFRESH_AHEAD_S", "SERVED_RUN_TTL_S", "CachedModel", "ModelCache", "ServedRun"]
+
+log = logging.getLogger(__name__)
 
 SERVED_RUN_TTL_S = 2.0
+REFRESH_AHEAD_S = 0.5
 
 
 @dataclass
@@ -65,22 +72,54 @@ class ModelCache:
         capacity: int = 8,
         policy: BatchPolicy | None = None,
         on_pass: Callable[[int], None] | None = None,
+        confirm: Callable[[str], ServedRun | None] | None = None,
     ) -> None:
-        """``on_pass(n)`` is told the request count of every batched model pass (for metrics)."""
+        """``on_pass(n)`` is told the request count of every batched model pass (for metrics);
+        ``confirm(run_id)`` reads the run again (None: it no longer serves), see the module doc."""
         self.store = store
         self.capacity = capacity
         self.policy = policy or BatchPolicy()
         self.on_pass = on_pass
+        self.confirm = confirm
         self._entries: OrderedDict[tuple[str, str], CachedModel] = OrderedDict()
         self._runs: dict[str, tuple[float, ServedRun]] = {}
+        self._refreshing: set[str] = set()
         self._lock = threading.Lock()
 
     def recall(self, run_id: str) -> ServedRun | None:
         """The succeeded run remembered by ``remember`` within the last ``SERVED_RUN_TTL_S``."""
         hit = self._runs.get(run_id)
-        if hit is None or hit[0] < time.monotonic():
+        if hit is None:
             return None
+        left = hit[0] - time.monotonic()
+        if left < 0:
+            return None
+        if left < REFRESH_AHEAD_S and self.confirm is not None and run_id not in self._refreshing:
+            self._refresh_in_background(run_id)
         return hit[1]
+
+    def _refresh_in_background(self, run_id: str) -> None:
+        with self._lock:
+            if run_id in self._refreshing:
+                return
+            self._refreshing.add(run_id)
+        name = "odeserve-run-refresh"
+        threading.Thread(target=self._refresh, args=(run_id,), name=name, daemon=True).start()
+
+    def _refresh(self, run_id: str) -> None:
+        assert self.confirm is not None
+        try:
+            run = self.confirm(run_id)
+        except Exception:  # the run expires as it would have; the next query reports the failure
+            log.warning("could not read run %s again; it is served until its TTL ends", run_id, exc_info=True)
+            return
+        finally:
+            with self._lock:
+                self._refreshing.discard(run_id)
+        if run is None:
+            self.discard(run_id)
+        else:
+            self.remember(run)
 
     def remember(self, run: ServedRun) -> None:
         with self._lock:

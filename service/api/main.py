@@ -10,6 +10,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import torch
 from anyio import to_thread
@@ -25,6 +26,7 @@ from service.api.hot_density import HotDensity
 from service.api.limits import BodyLimitMiddleware
 from service.api.openapi_doc import install_openapi
 from service.api.routes import ROUTERS, ops
+from service.api.serving import confirmed_run
 from service.api.telemetry import Telemetry, TelemetryMiddleware
 from service.batching import BatchPolicy
 from service.config import Settings, get_settings
@@ -114,7 +116,8 @@ def create_app(
     )
     app.state.telemetry = Telemetry()
     on_pass = app.state.telemetry.batch_requests.observe
-    app.state.model_cache = ModelCache(store, settings.model_cache_size, policy, on_pass)
+    confirm = partial(confirmed_run, session_factory)
+    app.state.model_cache = ModelCache(store, settings.model_cache_size, policy, on_pass, confirm)
     app.state.dispatcher = dispatcher or CeleryDispatcher(settings)
     install_error_handlers(app)
     for router in ROUTERS:

@@ -27,6 +27,7 @@ from service.ml.models import MODELS
 from service.model_cache import CachedModel, ModelCache, ServedRun
 
 __all__ = [
+    "confirmed_run",
     "get_run_or_404",
     "loaded_model",
     "run_not_ready",
@@ -89,11 +90,24 @@ def run_not_ready(row: RunRow, need: str) -> ApiError:
 def _succeeded_run(session: Session, cache: ModelCache, run_id: uuid.UUID) -> ServedRun:
     """The run's row from the database; 409 unless it succeeded (then the cache remembers it)."""
     row = get_run_or_404(session, run_id)
-    if row.status != RunStatus.succeeded or not row.checkpoint_sha256:
+    run = _served(row)
+    if run is None:
         raise run_not_ready(row, "densities and samples need a succeeded run")
-    run = ServedRun(id=row.id, model=row.model, status=row.status, checkpoint_sha256=row.checkpoint_sha256)
     cache.remember(run)
     return run
+
+
+def _served(row: RunRow) -> ServedRun | None:
+    if row.status != RunStatus.succeeded or not row.checkpoint_sha256:
+        return None
+    return ServedRun(id=row.id, model=row.model, status=row.status, checkpoint_sha256=row.checkpoint_sha256)
+
+
+def confirmed_run(sessions: SessionFactory, run_id: str) -> ServedRun | None:
+    """The run as it serves now (None: deleted or not succeeded); the model cache's ``confirm``."""
+    with sessions() as session:
+        row = repo.get_run(session, run_id)
+        return None if row is None else _served(row)
 
 
 def _model_points(entry: CachedModel, points: Tensor, field: str) -> Tensor:

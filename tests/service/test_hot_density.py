@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from urllib.parse import parse_qsl
 
 import pytest
 import torch
 
+from service import model_cache
 from service.api import hot_density
 from service.api.routes.density import parse_query_points
+from service.db import repository as repo
 from service.ml.errors import DataError
 
 
@@ -117,3 +120,25 @@ def test_density_json_is_the_routes_object_with_null_for_non_finite():
 def test_query_pairs_split_like_parse_qsl(query):
     assert hot_density._query_pairs(query) == parse_qsl(query, keep_blank_values=True)
 
+
+def test_a_run_under_steady_load_stays_hot_and_a_deletion_elsewhere_ends_it(
+    client, queue, sessions, tiny_run, hot_calls, monkeypatch
+):
+    """The remembered run is read again before its TTL ends; another process's DELETE shows."""
+    monkeypatch.setattr(model_cache, "SERVED_RUN_TTL_S", 0.6)  # recalls after 0.1 s refresh
+    run_id = client.post("/train", json=tiny_run).json()["id"]
+    assert queue.run_pending() == ["succeeded"]
+    client.post("/density", json={"run_id": run_id, "points": [[0.0, 0.0]]})
+    queries, until = 0, time.monotonic() + 3 * model_cache.SERVED_RUN_TTL_S
+    while time.monotonic() < until:
+        assert client.get(f"/density?run_id={run_id}&x=0,0").status_code == 200
+        queries += 1
+        time.sleep(0.02)
+    assert len(hot_calls) == queries, "a query fell through to the route: the run expired under load"
+    with sessions() as session:  # what DELETE /runs/{id} in another API process does
+        assert repo.delete_run(session, run_id) == "deleted"
+    deadline = time.monotonic() + model_cache.SERVED_RUN_TTL_S + 1.0
+    while (status := client.get(f"/density?run_id={run_id}&x=0,0").status_code) == 200:
+        assert time.monotonic() < deadline, "a run deleted elsewhere was served past its TTL"
+        time.sleep(0.02)
+    assert status == 404
