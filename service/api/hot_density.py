@@ -1,8 +1,8 @@
 """The hot path of ``GET /density``: a small point query on a loaded model, answered before FastAPI.
 
-Under 16 concurrent 1-point clients the API's event loop is CPU-bound, and each request's HTTP side
-(uvicorn, routing, middleware, parsing, JSON) costs a third of what the model pass it shares costs
-(py-spy ``--gil``). :class:`HotDensity` answers exactly the common case itself, ahead of the app's
+Under 16 concurrent 1-point clients the API's event loop is CPU-bound, and the requests' HTTP side
+(uvicorn, routing, middleware, parsing, JSON) took about as much GIL time as their model passes
+(py-spy ``--gil``: 45 % vs 52 % of the samples). :class:`HotDensity` answers exactly the common case itself, ahead of the app's
 middleware stack (the app calls it first, see ``service.api.main``): ``GET /density`` with one valid
 ``run_id`` and at most ``LOOP_PARSE_MAX_POINTS`` ``x`` points of plain finite numbers, for a run the
 model cache remembers as succeeded and holds loaded. It sends the route's JSON object (the same
