@@ -2,8 +2,9 @@
 
 Under 16 concurrent 1-point clients the API's event loop is CPU-bound, and the requests' HTTP side
 (uvicorn, routing, middleware, parsing, JSON) took about as much GIL time as their model passes
-(py-spy ``--gil``: 45 % vs 52 % of the samples). :class:`HotDensity` answers exactly the common case itself, ahead of the app's
-middleware stack (the app calls it first, see ``service.api.main``): ``GET /density`` with one valid
+(py-spy ``--gil``: 45 % vs 52 % of the samples). :class:`HotDensity` answers exactly the common
+case itself, ahead of the app's middleware stack (the app calls it first, see
+``service.api.main``): ``GET /density`` with one valid
 ``run_id`` and at most ``LOOP_PARSE_MAX_POINTS`` ``x`` points of plain finite numbers, for a run the
 model cache remembers as succeeded and holds loaded. It sends the route's JSON object (the same
 keys and float values) and records the request's latency under the route's template. Anything
