@@ -2,16 +2,15 @@
 
 Under 16 concurrent 1-point clients the API's event loop is CPU-bound, and the requests' HTTP side
 (uvicorn, routing, middleware, parsing, JSON) took about as much GIL time as their model passes
-(py-spy ``--gil``: 45 % vs 52 % of the samples). :class:`HotDensity` answers exactly the common
-case itself, ahead of the app's middleware stack (the app calls it first, see
-``service.api.main``): ``GET /density`` with one valid
-``run_id`` and at most ``LOOP_PARSE_MAX_POINTS`` ``x`` points of plain finite numbers, for a run the
-model cache remembers as succeeded and holds loaded. It sends the route's JSON object (the same
-keys and float values) and records the request's latency under the route's template. Anything
-else (an unknown or unloaded run, a bad number, a wrong dimension or model kind, extra parameters,
-an error while serving) goes to the FastAPI route untouched, which gives the documented answer,
-including every problem+json error. The app only installs it when reads need no API key and no
-CORS headers are sent.
+(py-spy ``--gil``: 45 % vs 52 % of the samples). :class:`HotDensity` answers exactly the common case
+itself, ahead of the app's middleware stack (the app calls it first, see ``service.api.main``):
+``GET /density`` with one valid ``run_id`` and at most ``LOOP_PARSE_MAX_POINTS`` ``x`` points of
+plain finite numbers, for a run the model cache remembers as succeeded and holds loaded. It sends
+the route's JSON object (the same keys and float values) and records the request's latency under the
+route's template. Anything else (an unknown or unloaded run, a bad number, a wrong dimension or
+model kind, extra parameters, an error while serving) goes to the FastAPI route untouched, which
+gives the documented answer, including every problem+json error. The app only installs it when reads
+need no API key and no CORS headers are sent.
 """
 
 from __future__ import annotations
