@@ -104,7 +104,8 @@ def _summary(errors: list[tuple[str, str]]) -> str:
     return f"{len(errors)} invalid field(s): {shown}{more}"
 
 
-async def _on_api_error(_: Request, exc: ApiError) -> JSONResponse:
+def api_error_response(exc: ApiError) -> JSONResponse:
+    """The problem+json answer to ``exc`` (what the app's handler sends for it)."""
     return problem_response(
         exc.status,
         slug=exc.slug,
@@ -113,6 +114,10 @@ async def _on_api_error(_: Request, exc: ApiError) -> JSONResponse:
         headers=exc.headers,
         extra=exc.extra,
     )
+
+
+async def _on_api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return api_error_response(exc)
 
 
 async def _on_domain_error(_: Request, exc: OdeServeError) -> JSONResponse:

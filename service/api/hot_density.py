@@ -25,9 +25,11 @@ from urllib.parse import parse_qsl
 import torch
 from torch import Tensor
 
+from service.api.errors import api_error_response
 from service.api.routes.density import LOOP_PARSE_MAX_POINTS
-from service.api.serving import loaded_model
+from service.api.serving import loaded_model, model_busy
 from service.api.telemetry import Telemetry
+from service.batching import BatchTimeout
 from service.ml.data import FLOAT32_OVERFLOW
 from service.ml.models import MODELS
 from service.model_cache import CachedModel, ModelCache
@@ -75,8 +77,11 @@ class HotDensity:
         self.telemetry = telemetry
         self._run_ids: dict[str, str] = {}  # query value -> canonical id, for those seen lately
 
-    async def answered(self, scope: dict[str, Any], send: Any) -> bool:
-        """Answer ``scope`` (a ``GET /density``) if it is a hot query; False: nothing was sent."""
+    async def answered(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+        """Answer ``scope`` (a ``GET /density``) if it is a hot query; False: nothing was sent.
+
+        A query the batcher does not answer within its timeout gets the route's 503 from here, so
+        it does not wait a second time in the route."""
         started = time.perf_counter()
         hit = self._lookup(scope["query_string"])
         if hit is None:
@@ -87,6 +92,10 @@ class HotDensity:
             return False
         try:
             values = await entry.batcher.log_prob_async(points, scope.get("client"))
+        except BatchTimeout as exc:
+            await api_error_response(model_busy(exc))(scope, receive, send)
+            self.telemetry.observe_latency("GET", PATH, 503, time.perf_counter() - started)
+            return True
         except Exception:  # the route answers it, with its problem+json
             return False
         body = density_json(run_id, values.tolist())

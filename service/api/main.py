@@ -62,7 +62,7 @@ class ServiceApp(FastAPI):
             and scope["type"] == "http"
             and scope["path"] == HOT_PATH
             and scope["method"] == "GET"
-            and await hot.answered(scope, send)
+            and await hot.answered(scope, receive, send)
         ):
             return
         await super().__call__(scope, receive, send)

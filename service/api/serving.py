@@ -30,6 +30,7 @@ __all__ = [
     "confirmed_run",
     "get_run_or_404",
     "loaded_model",
+    "model_busy",
     "run_not_ready",
     "log_density_async",
     "model_json",
@@ -173,8 +174,13 @@ def _busy_as_503() -> Iterator[None]:
     try:
         yield
     except BatchTimeout as exc:
-        busy = [("run_id", "the model is busy; try again shortly")]
-        raise ApiError(503, "model_busy", str(exc), errors=busy, headers={"Retry-After": "1"}) from None
+        raise model_busy(exc) from None
+
+
+def model_busy(exc: BatchTimeout) -> ApiError:
+    """503 ``model_busy`` with ``Retry-After``: the batcher did not answer within its timeout."""
+    busy = [("run_id", "the model is busy; try again shortly")]
+    return ApiError(503, "model_busy", str(exc), errors=busy, headers={"Retry-After": "1"})
 
 
 def model_json(body: BaseModel) -> Response:

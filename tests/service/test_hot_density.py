@@ -10,9 +10,11 @@ from urllib.parse import parse_qsl
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from service import model_cache
 from service.api import hot_density
+from service.api.main import create_app
 from service.api.routes.density import parse_query_points
 from service.db import repository as repo
 from service.ml.errors import DataError
@@ -142,3 +144,25 @@ def test_a_run_under_steady_load_stays_hot_and_a_deletion_elsewhere_ends_it(
         assert time.monotonic() < deadline, "a run deleted elsewhere was served past its TTL"
         time.sleep(0.02)
     assert status == 404
+
+
+def test_a_busy_model_gets_one_503_after_the_batch_timeout_not_two(settings, sessions, queue, trained_run):
+    """The hot path answers the batcher's timeout itself; the route used to wait a second time."""
+    timeout_s = 1.0
+    app = create_app(
+        settings.model_copy(update={"batch_timeout_s": timeout_s}), session_factory=sessions, dispatcher=queue
+    )
+    with TestClient(app) as busy_client:
+        run_id = trained_run["id"]
+        assert (
+            busy_client.post("/density", json={"run_id": run_id, "points": [[0.0, 0.0]]}).status_code == 200
+        )
+        entry = app.state.model_cache.loaded(run_id, trained_run["checkpoint_sha256"])
+        with entry.lock:  # another pass holds the model past the timeout
+            began = time.monotonic()
+            response = busy_client.get(f"/density?run_id={run_id}&x=0,0")
+            waited = time.monotonic() - began
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert response.json()["type"] == "/problems/model_busy"
+        assert waited < 1.8 * timeout_s, f"waited {waited:.2f}s: the timeout was served twice"
+        assert 'route="/density",status="503"' in busy_client.get("/metrics").text
