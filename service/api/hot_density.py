@@ -4,13 +4,13 @@ Under 16 concurrent 1-point clients the API's event loop is CPU-bound, and the r
 (uvicorn, routing, middleware, parsing, JSON) took about as much GIL time as their model passes
 (py-spy ``--gil``: 45 % vs 52 % of the samples). :class:`HotDensity` answers exactly the common case
 itself, ahead of the app's middleware stack (the app calls it first, see ``service.api.main``):
-``GET /density`` with one valid ``run_id`` and at most ``LOOP_PARSE_MAX_POINTS`` ``x`` points of
-plain finite numbers, for a run the model cache remembers as succeeded and holds loaded. It sends
-the route's JSON object (the same keys and float values) and records the request's latency under the
-route's template. Anything else (an unknown or unloaded run, a bad number, a wrong dimension or
-model kind, extra parameters, an error while serving) goes to the FastAPI route untouched, which
-gives the documented answer, including every problem+json error. The app only installs it when reads
-need no API key and no CORS headers are sent.
+``GET /density`` with one valid ``run_id`` and at most ``LOOP_PARSE_MAX_POINTS`` valid ``x`` points,
+for a run the model cache remembers as succeeded and holds loaded. It sends the route's JSON object
+(the same keys and float values) and records the request's latency under the route's template.
+Anything else (an unknown or unloaded run, a bad number, a wrong dimension or model kind, extra
+parameters, an error while serving) goes to the FastAPI route untouched, which gives the documented
+answer, including every problem+json error. The app only installs it when reads need no API key and
+no CORS headers are sent.
 """
 
 from __future__ import annotations
@@ -18,47 +18,23 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from array import array
 from typing import Any
 from urllib.parse import parse_qsl
 
-import torch
-from torch import Tensor
-
 from service.api.errors import api_error_response
-from service.api.routes.density import LOOP_PARSE_MAX_POINTS
-from service.api.serving import loaded_model, model_busy
+from service.api.routes.density import LOOP_PARSE_MAX_POINTS, parse_query_points
+from service.api.serving import loaded_model, model_busy, model_points
 from service.api.telemetry import Telemetry
 from service.batching import BatchTimeout
-from service.ml.data import FLOAT32_OVERFLOW
+from service.ml.errors import DataError
 from service.ml.models import MODELS
 from service.model_cache import CachedModel, ModelCache
 
-__all__ = ["HotDensity", "density_json", "plain_points"]
+__all__ = ["HotDensity", "density_json"]
 
 PATH = "/density"
 RUN_IDS_KEPT = 1024
 _HEADERS = [(b"content-type", b"application/json")]
-
-
-def plain_points(xs: list[str], dim: int, dtype: torch.dtype) -> Tensor | None:
-    """``x`` values (``"0.5,1.2"``) as an ``(N, dim)`` tensor of ``dtype``, rounded through float32
-    as the route's parser does; None for anything the route would reject or treat specially."""
-    flat = array("f")
-    for text in xs:
-        cells = text.split(",")
-        if len(cells) != dim:
-            return None
-        for cell in cells:
-            try:
-                value = float(cell)
-            except ValueError:
-                return None
-            if not abs(value) < FLOAT32_OVERFLOW:  # NaN, infinities, beyond float32
-                return None
-            flat.append(value)
-    points = torch.frombuffer(flat, dtype=torch.float32).view(len(xs), dim)
-    return points if dtype == torch.float32 else points.to(dtype)
 
 
 def density_json(run_id: str, values: list[float]) -> bytes:
@@ -87,8 +63,9 @@ class HotDensity:
         if hit is None:
             return False
         run_id, entry, xs = hit
-        points = plain_points(xs, entry.model.dim, entry.dtype)
-        if points is None:
+        try:  # a bad number or a wrong dimension: the route answers it, with its problem+json
+            points = model_points(entry, parse_query_points(xs), "x")
+        except DataError:
             return False
         try:
             values = await entry.batcher.log_prob_async(points, scope.get("client"))

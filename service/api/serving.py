@@ -34,6 +34,7 @@ __all__ = [
     "run_not_ready",
     "log_density_async",
     "model_json",
+    "model_points",
     "sample_async",
     "served_model",
     "served_model_async",
@@ -111,7 +112,7 @@ def confirmed_run(sessions: SessionFactory, run_id: str) -> ServedRun | None:
         return None if row is None else _served(row)
 
 
-def _model_points(entry: CachedModel, points: Tensor, field: str) -> Tensor:
+def model_points(entry: CachedModel, points: Tensor, field: str) -> Tensor:
     """``points`` in the model's dtype; 422 naming ``field`` when ``D`` is not the model's."""
     dim = entry.model.dim
     if points.shape[1] != dim:
@@ -158,7 +159,7 @@ async def log_density_async(
 ) -> list[float | None]:
     """``log_density`` awaiting the batcher on the event loop; ``client``: the caller's connection."""
     with _busy_as_503():
-        values = await entry.batcher.log_prob_async(_model_points(entry, points, field), client)
+        values = await entry.batcher.log_prob_async(model_points(entry, points, field), client)
     return json_floats(values)
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import time
 import uuid
+from types import SimpleNamespace
 from urllib.parse import parse_qsl
 
 import pytest
@@ -15,8 +16,11 @@ from fastapi.testclient import TestClient
 from service import model_cache
 from service.api import hot_density
 from service.api.main import create_app
-from service.api.routes.density import parse_query_points
+from service.api.routes import density
+from service.api.routes.density import parse_points_param, parse_query_points
+from service.api.serving import model_points
 from service.db import repository as repo
+from service.ml.data import MAX_DIM, points_from_rows
 from service.ml.errors import DataError
 
 
@@ -90,25 +94,33 @@ VALID_X = [["0.5,1.2", "-1,0"], [" 1e-3 , 2_0"], ["3.4028234e38,-1.17549435e-38"
 REJECTED_X = [["nan,0"], ["inf,0"], ["1e39,0"], ["abc,0"], [",0"], ["0x10,0"]]
 
 
+def _checked(xs: list[str]):
+    """The route's checking parser, without the fast path."""
+    return points_from_rows(parse_points_param(xs), field="x", max_dim=MAX_DIM)
+
+
 @pytest.mark.parametrize("xs", VALID_X)
 def test_plain_points_equal_the_routes_parse(xs):
-    hot = hot_density.plain_points(xs, 2, torch.float32)
+    hot = density._plain_query_points(xs)
     assert hot is not None and hot.dtype == torch.float32
-    assert torch.equal(hot, parse_query_points(xs))
-    wide = hot_density.plain_points(xs, 2, torch.float64)
-    assert wide is not None and torch.equal(wide, parse_query_points(xs).double())
+    assert torch.equal(hot, _checked(xs)) and torch.equal(parse_query_points(xs), _checked(xs))
+    wide = model_points(SimpleNamespace(model=SimpleNamespace(dim=2), dtype=torch.float64), hot, "x")
+    assert wide.dtype == torch.float64 and torch.equal(wide, _checked(xs).double())
 
 
 @pytest.mark.parametrize("xs", REJECTED_X)
 def test_plain_points_leave_what_the_route_rejects_to_the_route(xs):
-    assert hot_density.plain_points(xs, 2, torch.float32) is None
+    assert density._plain_query_points(xs) is None
     with pytest.raises(DataError):
         parse_query_points(xs)
 
 
-def test_plain_points_leave_other_dimensions_to_the_route():
-    assert hot_density.plain_points(["1,2,3"], 2, torch.float32) is None
-    assert hot_density.plain_points(["1,2", "3"], 2, torch.float32) is None
+def test_plain_points_leave_ragged_rows_and_too_many_coordinates_to_the_route():
+    assert density._plain_query_points(["1,2", "3"]) is None
+    assert density._plain_query_points([",".join(["1"] * (MAX_DIM + 1))]) is None
+    assert density._plain_query_points([]) is None
+    with pytest.raises(DataError):
+        parse_query_points(["1,2", "3"])
 
 
 def test_density_json_is_the_routes_object_with_null_for_non_finite():
