@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.train_curves import curves_png, main
+from benchmarks.train_curves import curves_png, main, short_label
 
 
 def _results() -> dict:
@@ -49,3 +49,11 @@ def test_main_reads_the_results_json_and_writes_the_picture(tmp_path: Path) -> N
     source.write_text(json.dumps({"benchmark": "bench_train", "results": _results()}))
     main([str(source), str(target)])
     assert target.read_bytes() == curves_png(_results())
+
+
+def test_legend_labels_name_the_default_recipe_once() -> None:
+    recipe = " exact rk4-h0.5 RNODE-0.01 step-check T<=2 b256 lr3e-3"
+    assert short_label("default: 2x64" + recipe) == "default: 2x64"
+    assert short_label("3x128" + recipe) == "3x128, default recipe"
+    assert short_label("2x64 exact rk4-h0.5 RNODE-0.01 step-check T<=1.5 b256 lr3e-3") == "T<=1.5 b256 lr3e-3"
+    assert short_label("reference") == "reference"
