@@ -53,6 +53,7 @@ DOPRI5 = "2x64 exact dopri5-1e-3 b256 lr3e-3 (the first default)"
 FIXED_T1 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T=1 fixed b256 lr3e-3"
 FIXED_T05 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T=0.5 fixed b256 lr3e-3"
 UNCAPPED = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T unbounded b256 lr3e-3"
+WIDE = "3x128 exact rk4-h0.5 RNODE-0.01 step-check T<=2 b256 lr3e-3"
 _RNODE_OFF = {"kinetic_weight": 0.0, "jacobian_weight": 0.0}
 PRESETS: dict[str, Preset] = {
     "reference": Preset(
@@ -69,6 +70,8 @@ PRESETS: dict[str, Preset] = {
     FIXED_T05: Preset({"integration_time": 0.5, "learn_integration_time": False}, None, 256, 3e-3),
     # A learnt T that may grow without bound (each 0.5 it gains adds an rk4 step per solve).
     UNCAPPED: Preset({"max_integration_time": None}, None, 256, 3e-3),
+    # The default recipe on a larger net (bench_kl_floor: more capacity for checkerboard's edges).
+    WIDE: Preset({"hidden_dims": (128, 128, 128)}, None, 256, 3e-3),
     # Three rk4 steps at most instead of four.
     CAP15: Preset({"max_integration_time": 1.5}, None, 256, 3e-3),
     "2x64 exact rk4-h0.5 RNODE-0.01 no-step-check b256 lr3e-3": Preset(
@@ -78,7 +81,7 @@ PRESETS: dict[str, Preset] = {
         {}, SolverConfig(rtol=1e-3, atol=1e-3), 256, 5e-3
     ),
 }
-FULL_PRESETS = ["reference", DEFAULT, CAP15]
+FULL_PRESETS = ["reference", DEFAULT, WIDE]
 QUICK_PRESETS = FULL_PRESETS
 
 
