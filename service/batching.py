@@ -121,6 +121,7 @@ class Batcher:
         self._inline_expect = 1  # clients of the last two loop passes: under load, wait for as many
         self._last_clients: set[Hashable] = set()
         self._inline_timer: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._loop: tuple[int, asyncio.AbstractEventLoop] | None = None  # (thread id, its running loop)
 
     # -- request side -------------------------------------------------------------------------
 
@@ -189,7 +190,7 @@ class Batcher:
 
     def _inline_pass(self, req: _Request) -> asyncio.Future[Tensor | None]:
         """Queue ``req`` for the loop's next pass; the future gives None to hand it to the thread."""
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         future: asyncio.Future[Tensor | None] = loop.create_future()
         if self._inline_points + req.size > min(self.policy.inline_max_points, self.policy.max_points):
             self._flush_inline()  # full: this pass runs now, ``req`` opens the next one
@@ -204,6 +205,20 @@ class Batcher:
             self._inline_timer.cancel()
             self._inline_timer = loop.call_soon(self._flush_inline)
         return future
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """``asyncio.get_running_loop()`` without its per-call ``getpid()`` system call.
+
+        A thread runs at most one loop at a time, so the loop last seen running on this thread, if it
+        is running now, is the running one.
+        """
+        thread = threading.get_ident()
+        cached = self._loop
+        if cached is not None and cached[0] == thread and cached[1].is_running():
+            return cached[1]
+        loop = asyncio.get_running_loop()
+        self._loop = (thread, loop)
+        return loop
 
     def _flush_inline(self) -> None:
         if self._inline_timer is not None:

@@ -192,6 +192,30 @@ def test_loop_passes_hold_at_most_inline_max_points_and_larger_requests_go_to_th
     assert batcher._thread is not None  # 5 > 4 points: solved by the solver thread
 
 
+def test_loop_passes_use_the_loop_running_now(model):
+    # The batcher remembers the loop it last saw on a thread (asyncio.get_running_loop makes a
+    # system call each time); a new loop on the same thread, or loops on two threads at once, must
+    # each get their own futures.
+    batcher = Batcher(model)
+
+    async def on_this_loop(seed: int) -> bool:
+        value = await batcher.log_prob_async(_points(1, seed))
+        return value.shape == (1,) and batcher._running_loop() is asyncio.get_running_loop()
+
+    assert asyncio.run(on_this_loop(0)) and asyncio.run(on_this_loop(1))  # one thread, two loops
+    both = threading.Barrier(2)
+
+    def in_a_thread(seed: int) -> bool:
+        async def main() -> bool:
+            both.wait()  # both loops are running now
+            return all([await on_this_loop(seed + i) for i in range(3)])
+
+        return asyncio.run(main())
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(in_a_thread, [10, 20])) == [True, True]
+
+
 def test_loop_passes_respect_max_points_too(model):
     batcher = Batcher(model, policy=BatchPolicy(max_points=1))  # batching off
     _gather(batcher, [_points(1, seed=i) for i in range(3)])
