@@ -180,17 +180,23 @@ def train(
     return run
 
 
+def evaluation_at(curve: list[dict[str, float]], seconds: float) -> dict[str, float] | None:
+    """The last evaluation of ``curve`` within ``seconds`` of training (2 % slack for the grid); None
+    if there is none."""
+    return next((p for p in reversed(curve) if p["train_s"] <= seconds * 1.02), None)
+
+
 def headline(candidate: Run, reference: Run, entropy: float) -> dict[str, Any]:
     """Time-to-reference-quality ratio, KL at the reference's wall time, NFE/iter ratio."""
     target = reference.curve[-1]["test_nll"]
     reached = next((p for p in candidate.curve if p["test_nll"] <= target), None)
-    at_time = [p for p in candidate.curve if p["train_s"] <= reference.train_s * 1.02] or candidate.curve[:1]
+    at_time = evaluation_at(candidate.curve, reference.train_s) or candidate.curve[0]
     ref_nfe = (reference.nfe_forward + reference.nfe_backward) / max(1, reference.iterations)
     nfe = (candidate.nfe_forward + candidate.nfe_backward) / max(1, candidate.iterations)
     return {
         "target_nll": target,
         "time_to_target_ratio": None if reached is None else reached["train_s"] / reference.train_s,
-        "kl_at_reference_time": at_time[-1]["test_nll"] - entropy,
+        "kl_at_reference_time": at_time["test_nll"] - entropy,
         "reference_kl": target - entropy,
         "nfe_per_iter_ratio": nfe / ref_nfe,
         "s_per_iter_ratio": (candidate.train_s / max(1, candidate.iterations))

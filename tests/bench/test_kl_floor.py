@@ -51,7 +51,7 @@ def test_blur_kl_grows_with_the_width_and_vanishes_without_it(points: torch.Tens
     kls = [blur_kl(s, points[:100_000])[0] for s in (1e-4, 0.01, 0.1, 0.5)]
     assert kls == sorted(kls)
     assert kls[0] < 2e-4
-    # About one nat per unit of blur for thin edges: KL 0.01 needs edges 1/200 of a cell wide.
+    # About one nat per unit of blur for thin edges: KL 0.01 needs edges about 1/190 of a cell wide.
     assert kls[1] == pytest.approx(0.0095, abs=0.0005)
 
 
