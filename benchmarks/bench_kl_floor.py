@@ -37,7 +37,7 @@ from benchmarks.report import RESULTS, write_results
 from benchmarks.train_curves import short_label
 from service.ml.toy2d import checkerboard, checkerboard_log_prob
 from service.plots.canvas import new_figure, to_png
-from service.store import atomic_write
+from service.storage.models_store import atomic_write
 
 __all__ = ["IMAGE", "blur_kl", "blurred_log_density", "edge_kl_1d", "floor_png", "main", "width_for_kl"]
 

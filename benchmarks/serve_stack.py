@@ -22,7 +22,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from service.embedded import stop_process
+from service.cli.embedded import stop_process
 
 __all__ = ["BENCH_RUN", "HOST", "free_port", "request_json", "running_service", "train_run"]
 

@@ -33,13 +33,13 @@ from typing import Any
 import torch
 
 from benchmarks.report import RESULTS, machine
+from service.jobs.sweeps import comparison_rows, expand_grid, markdown_table
 from service.ml.data import DATASETS, load_dataset
 from service.ml.errors import OdeServeError
 from service.ml.ode import SolverConfig
 from service.ml.training import TrainConfig, fit, init_model
 from service.plots import density_png, sweep_png
-from service.store import atomic_write
-from service.sweeps import comparison_rows, expand_grid, markdown_table
+from service.storage.models_store import atomic_write
 
 __all__ = ["ATOLS", "BASE", "RTOL", "TARGETS", "main", "run_study"]
 

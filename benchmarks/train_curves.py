@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmarks.report import RESULTS
 from service.plots.canvas import new_figure, to_png
-from service.store import atomic_write
+from service.storage.models_store import atomic_write
 
 __all__ = ["IMAGE", "curves_png", "main", "short_label", "write_curves"]
 

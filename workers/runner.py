@@ -28,8 +28,8 @@ from service.ml.models import stored_model_config
 from service.ml.ode import SolverConfig
 from service.ml.series import load_series_dataset, series_data_from_list
 from service.ml.training import ProgressEvent, TrainConfig, TrainingData, TrainState, fit, init_model
-from service.series_store import load_series
-from service.store import ModelStore
+from service.storage.models_store import ModelStore
+from service.storage.series_store import load_series
 from workers.heartbeat import Heartbeat
 
 __all__ = ["TimeLimitReached", "load_training_data", "pick_device", "run_job"]

@@ -9,8 +9,8 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from service.config import get_settings
 from service.db import make_engine, make_session_factory
-from service.queue import CeleryDispatcher
-from service.reconcile import Reconciler
+from service.jobs.queue import CeleryDispatcher
+from service.jobs.reconcile import Reconciler
 
 __all__ = ["configure_process", "start_reconciler", "stop_reconciler"]
 

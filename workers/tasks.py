@@ -9,8 +9,8 @@ from sqlalchemy.exc import OperationalError
 
 from service.config import get_settings
 from service.db import SessionFactory, make_engine, make_session_factory
-from service.queue import TRAIN_TASK
-from service.store import ModelStore
+from service.jobs.queue import TRAIN_TASK
+from service.storage.models_store import ModelStore
 from workers.celery_app import app
 from workers.runner import run_job
 

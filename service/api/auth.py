@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.errors import ApiError
 from service.config import Settings
-from service.schemas import Problem
+from service.schemas.runs import Problem
 
 __all__ = [
     "AUTH_RESPONSES",

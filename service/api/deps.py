@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.db import SessionFactory
-from service.model_cache import ModelCache
-from service.queue import Dispatcher
-from service.store import ModelStore
+from service.jobs.queue import Dispatcher
+from service.serving.model_cache import ModelCache
+from service.storage.models_store import ModelStore
 
 __all__ = [
     "DispatcherDep",

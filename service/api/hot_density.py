@@ -25,10 +25,10 @@ from service.api.errors import api_error_response
 from service.api.routes.density import LOOP_PARSE_MAX_POINTS, parse_query_points
 from service.api.serving import loaded_model, model_busy, model_points
 from service.api.telemetry import Telemetry
-from service.batching import BatchTimeout
 from service.ml.errors import DataError
 from service.ml.models import MODELS
-from service.model_cache import CachedModel, ModelCache
+from service.serving.batching import BatchTimeout
+from service.serving.model_cache import CachedModel, ModelCache
 
 __all__ = ["HotDensity", "density_json"]
 

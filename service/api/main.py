@@ -28,12 +28,12 @@ from service.api.openapi_doc import install_openapi
 from service.api.routes import ROUTERS, ops
 from service.api.serving import confirmed_run
 from service.api.telemetry import Telemetry, TelemetryMiddleware
-from service.batching import BatchPolicy
 from service.config import Settings, get_settings
 from service.db import SessionFactory, make_engine, make_session_factory
-from service.model_cache import ModelCache
-from service.queue import CeleryDispatcher, Dispatcher
-from service.store import ModelStore
+from service.jobs.queue import CeleryDispatcher, Dispatcher
+from service.serving.batching import BatchPolicy
+from service.serving.model_cache import ModelCache
+from service.storage.models_store import ModelStore
 
 __all__ = ["ServiceApp", "create_app"]
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service.api.errors import PROBLEM_JSON
-from service.schemas import Problem
+from service.schemas.runs import Problem
 
 __all__ = ["install_openapi"]
 

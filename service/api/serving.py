@@ -1,6 +1,6 @@
 """Shared steps of the query routes: find a run, check it can serve, run the model under its lock.
 
-Point densities and samples go through the entry's batcher (``service.batching``): concurrent
+Point densities and samples go through the entry's batcher (``service.serving.batching``): concurrent
 density requests on one model share a solve. Succeeded runs are remembered briefly by the model
 cache, so a query on a hot run costs no database round trip.
 """
@@ -18,13 +18,13 @@ from starlette.responses import Response
 from torch import Tensor
 
 from service.api.errors import ApiError
-from service.batching import BatchTimeout
 from service.db import RunRow, RunStatus, SessionFactory
 from service.db import repository as repo
-from service.json_values import json_floats
 from service.ml.errors import DataError
 from service.ml.models import MODELS
-from service.model_cache import CachedModel, ModelCache, ServedRun
+from service.schemas.json_values import json_floats
+from service.serving.batching import BatchTimeout
+from service.serving.model_cache import CachedModel, ModelCache, ServedRun
 
 __all__ = [
     "confirmed_run",

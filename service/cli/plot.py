@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from service.cli.common import cli_errors, configure_threads
-from service.json_values import finite_or_none
+from service.jobs.sweeps import comparison_rows, expand_grid, markdown_table
 from service.ml.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from service.ml.data import DATASETS, load_dataset
 from service.ml.errors import CheckpointError, ConfigError, DataError, OdeServeError, UnknownNameError
@@ -30,7 +30,7 @@ from service.plots import (
     sweep_png,
 )
 from service.plots.cache import write_atomic
-from service.sweeps import comparison_rows, expand_grid, markdown_table
+from service.schemas.json_values import finite_or_none
 
 __all__ = ["PLOT_KINDS", "plot", "sweep"]
 

@@ -17,9 +17,9 @@ import typer
 
 from service.cli.common import cli_errors, configure_threads
 from service.cli.series_files import read_json
-from service.json_values import json_floats
 from service.ml.checkpoint import load_checkpoint
 from service.ml.errors import DataError
+from service.schemas.json_values import json_floats
 
 __all__ = ["predict"]
 

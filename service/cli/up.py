@@ -1,4 +1,4 @@
-"""``odeserve up``: API + worker + broker + database on one machine (see ``service.embedded``)."""
+"""``odeserve up``: API + worker + broker + database on one machine (see ``service.cli.embedded``)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def up(
     ] = Path("data"),
 ) -> None:
     """Run the REST service locally; DATABASE_URL / REDIS_URL / MODELS_STORE are used when set."""
-    from service.embedded import run_embedded
+    from service.cli.embedded import run_embedded
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_embedded(host, port, data_dir)
@@ -42,8 +42,8 @@ def reconcile() -> None:
     """One reconciler pass: republish queued runs the broker lost and requeue runs of dead workers."""
     from service.config import Settings
     from service.db import make_engine, make_session_factory
-    from service.queue import CeleryDispatcher
-    from service.reconcile import reconcile_once
+    from service.jobs.queue import CeleryDispatcher
+    from service.jobs.reconcile import reconcile_once
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = Settings()

@@ -4,7 +4,7 @@ Job state lives here, not in Celery: the broker message carries only a run id. `
 token bumped at the start of every attempt; every write by a worker is conditioned on it, so a stale
 attempt (a worker presumed dead whose job was redelivered) cannot overwrite the current one.
 ``heartbeat_at`` is stamped by a running job's heartbeat thread and ``enqueued_at`` whenever a broker
-message is published; the reconciler (``service.reconcile``) reads both to recover lost jobs.
+message is published; the reconciler (``service.jobs.reconcile``) reads both to recover lost jobs.
 """
 
 from __future__ import annotations

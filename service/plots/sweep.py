@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from service.jobs.sweeps import METRIC_COLUMNS
 from service.plots.canvas import new_figure, to_png
-from service.sweeps import METRIC_COLUMNS
 
 __all__ = ["sweep_png"]
 
@@ -43,7 +43,7 @@ def sweep_png(
 ) -> bytes:
     """PNG with two panels: ``wall_clock_s`` and ``test_nll`` against ``rows[i][swept_key]``.
 
-    ``rows`` are flat dicts as built by ``service.sweeps.comparison_rows``. Rows are grouped by the
+    ``rows`` are flat dicts as built by ``service.jobs.sweeps.comparison_rows``. Rows are grouped by the
     other grid keys (``group_keys``; default: every key of the first row that is neither the swept
     key, a metric nor ``status``), one line per group. The x axis is logarithmic for tolerances and
     rates; non-numeric swept values (methods, datasets) are placed at evenly spaced category

@@ -1,4 +1,4 @@
-"""service.sweeps: grid expansion (order, count, values), its validation, and comparison rows."""
+"""service.jobs.sweeps: grid expansion (order, count, values), its validation, and comparison rows."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import copy
 
 import pytest
 
-from service.ml.errors import ConfigError, UnknownNameError
-from service.sweeps import (
+from service.jobs.sweeps import (
     MAX_SWEEP_RUNS,
     METRIC_COLUMNS,
     comparison_rows,
     expand_grid,
     markdown_table,
 )
+from service.ml.errors import ConfigError, UnknownNameError
 
 BASE = {
     "model": "ffjord",

@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, text
 from service.api.main import create_app
 from service.config import Settings
 from service.db.migrate import upgrade
-from service.queue import redis_client
+from service.jobs.queue import redis_client
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = os.environ.get("CI", "").lower() == "true"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from service.cli.embedded import stop_process
 from service.config import Settings
-from service.embedded import stop_process
 
 __all__ = ["Redis", "free_port", "start_worker", "stop"]
 

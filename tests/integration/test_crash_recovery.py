@@ -22,9 +22,9 @@ from processes import Redis, start_worker, stop  # tests/integration is on sys.p
 
 from service.api.main import create_app
 from service.config import Settings
+from service.jobs.queue import CeleryDispatcher
 from service.ml.checkpoint import load_checkpoint
-from service.queue import CeleryDispatcher
-from service.store import ModelStore
+from service.storage.models_store import ModelStore
 
 pytestmark = pytest.mark.integration
 

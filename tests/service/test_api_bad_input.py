@@ -7,7 +7,7 @@ import uuid
 import pytest
 from placeholders import RUN, fill  # tests/service is on sys.path (rootless test dir)
 
-from service.schemas import MAX_SAMPLE_N
+from service.schemas.runs import MAX_SAMPLE_N
 
 BASE = {"model": "ffjord", "dataset": {"name": "8gaussians"}}
 

@@ -20,8 +20,8 @@ from service.ml.ode import SolverConfig
 from service.ml.series import load_series_dataset
 from service.ml.series_io import series_from_json
 from service.ml.training import TrainConfig, fit, init_model
-from service.series_schemas import MAX_PREDICT_SAMPLES, MAX_PREDICT_TIMES, MAX_TRAJECTORY_VALUES
-from service.store import ModelStore
+from service.schemas.series import MAX_PREDICT_SAMPLES, MAX_PREDICT_TIMES, MAX_TRAJECTORY_VALUES
+from service.storage.models_store import ModelStore
 
 SMALL = {
     "latent_dim": 3,

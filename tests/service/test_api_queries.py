@@ -6,8 +6,8 @@ import math
 import uuid
 
 from service.ml.checkpoint import load_checkpoint
-from service.schemas import MAX_SAMPLE_N
-from service.store import ModelStore
+from service.schemas.runs import MAX_SAMPLE_N
+from service.storage.models_store import ModelStore
 
 
 def test_density_get_and_post_agree(client, trained_run):

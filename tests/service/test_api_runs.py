@@ -65,7 +65,7 @@ def test_delete_refuses_running_runs(client, queue, sessions, tiny_run, problem,
 
 
 def test_delete_removes_checkpoint_and_metrics(client, queue, tiny_run, settings):
-    from service.store import ModelStore
+    from service.storage.models_store import ModelStore
 
     run = client.post("/train", json=tiny_run).json()
     queue.run_pending()

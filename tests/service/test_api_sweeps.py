@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from service.sweeps import MAX_SWEEP_RUNS
+from service.jobs.sweeps import MAX_SWEEP_RUNS
 
 BASE: dict[str, Any] = {
     "model": "ffjord",

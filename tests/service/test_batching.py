@@ -2,7 +2,7 @@
 
 Unit tests drive ``Batcher`` from threads on a small FFJORD in float64 at tight tolerances, where
 a point's log-density no longer depends on the batch it was solved in beyond 1e-5 (at the serving
-default 1e-3 the shared adaptive steps move it by solver-tolerance amounts, see service.batching).
+default 1e-3 the shared adaptive steps move it by solver-tolerance amounts, see service.serving.batching).
 API tests hit the real routes concurrently on the run trained by the worker code.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import torch
 
-from service.batching import Batcher, BatchPolicy, BatchTimeout
 from service.ml.errors import SolverError
 from service.ml.models import build_model
 from service.ml.ode import SolverConfig
+from service.serving.batching import Batcher, BatchPolicy, BatchTimeout
 
 TIGHT = SolverConfig(method="dopri5", rtol=1e-9, atol=1e-9)
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from service import model_cache
 from service.api import hot_density
 from service.api.main import create_app
 from service.api.routes import density
@@ -22,6 +21,7 @@ from service.api.serving import model_points
 from service.db import repository as repo
 from service.ml.data import MAX_DIM, points_from_rows
 from service.ml.errors import DataError
+from service.serving import model_cache
 
 
 @pytest.fixture

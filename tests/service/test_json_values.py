@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from service.api.serving import model_json
-from service.json_values import finite_or_none, json_floats
-from service.schemas import DensityOut, SampleOut
+from service.schemas.json_values import finite_or_none, json_floats
+from service.schemas.runs import DensityOut, SampleOut
 
 
 def test_finite_values_pass_through_as_python_floats():

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from service import model_cache
-from service.model_cache import ModelCache, ServedRun
-from service.store import ModelStore
+from service.serving import model_cache
+from service.serving.model_cache import ModelCache, ServedRun
+from service.storage.models_store import ModelStore
 
 RUN = ServedRun(id="r1", model="ffjord", status="succeeded", checkpoint_sha256="ab" * 32)
 

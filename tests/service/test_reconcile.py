@@ -19,14 +19,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from service.api.main import create_app
-from service.broker_scan import BrokerView
 from service.db import make_engine, make_session_factory
 from service.db import repository as repo
 from service.db.leases import checkpoint_lease
 from service.db.migrate import upgrade
 from service.db.models import RunRow, utcnow
-from service.reconcile import Reconciler, reconcile_once
-from service.store import ModelStore
+from service.jobs.broker_scan import BrokerView
+from service.jobs.reconcile import Reconciler, reconcile_once
+from service.storage.models_store import ModelStore
 from workers.heartbeat import Heartbeat
 from workers.runner import run_job
 

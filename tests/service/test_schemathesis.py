@@ -40,7 +40,7 @@ from service.api.main import create_app
 from service.config import Settings
 from service.db import make_engine, make_session_factory
 from service.db.migrate import upgrade
-from service.store import ModelStore
+from service.storage.models_store import ModelStore
 from workers.runner import run_job
 
 torch.set_num_threads(1)

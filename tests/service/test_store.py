@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from service.ml.errors import CheckpointError
-from service.store import ModelStore, atomic_write
+from service.storage.models_store import ModelStore, atomic_write
 
 
 @pytest.mark.parametrize("bad", ["../etc", "a/b", "", "runs", "0" * 36, "/tmp/x"])

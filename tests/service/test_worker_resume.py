@@ -7,7 +7,7 @@ import torch
 
 from service.db import repository as repo
 from service.ml.checkpoint import load_checkpoint
-from service.store import ModelStore
+from service.storage.models_store import ModelStore
 from workers import runner
 
 

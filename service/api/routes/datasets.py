@@ -24,7 +24,7 @@ from service.ml.data import points_from_csv, points_from_rows
 from service.ml.errors import DataError
 from service.ml.series import Series
 from service.ml.series_io import series_from_csv, series_from_json
-from service.schemas import (
+from service.schemas.runs import (
     BUILTIN_DATASETS,
     MAX_UPLOAD_POINTS,
     DatasetList,
@@ -32,8 +32,8 @@ from service.schemas import (
     DatasetUpload,
     Problem,
 )
-from service.series_schemas import SeriesUpload
-from service.series_store import save_series
+from service.schemas.series import SeriesUpload
+from service.storage.series_store import save_series
 
 __all__ = ["router"]
 

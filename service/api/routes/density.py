@@ -1,7 +1,7 @@
 """``GET /density?run_id=&x=0.5,1.2&x=-1,0`` and ``POST /density`` (large batches).
 
 Point queries are ``async``: small requests are parsed on the event loop and await the model's
-batcher (``service.batching``) there, so a hot 1-point query takes no threadpool round trip; large
+batcher (``service.serving.batching``) there, so a hot 1-point query takes no threadpool round trip; large
 inputs are parsed in the threadpool so the loop is never blocked for long.
 """
 
@@ -20,13 +20,13 @@ from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from service.api.deps import ModelCacheDep, SessionFactoryDep
-from service.api.series_serving import series_log_density
 from service.api.serving import log_density_async, model_json, served_model, served_model_async
 from service.db import SessionFactory
 from service.ml.data import FLOAT32_OVERFLOW, MAX_DIM, points_from_rows
 from service.ml.errors import DataError
-from service.model_cache import ModelCache
-from service.schemas import MAX_DENSITY_POINTS, DensityOut, DensityRequest, Problem
+from service.schemas.runs import MAX_DENSITY_POINTS, DensityOut, DensityRequest, Problem
+from service.serving.model_cache import ModelCache
+from service.serving.series_queries import series_log_density
 
 __all__ = ["LOOP_PARSE_MAX_POINTS", "parse_points_param", "parse_query_points", "router"]
 

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from service.api.deps import DispatcherDep, SessionDep
 from service.db import repository as repo
-from service.schemas import Readiness
+from service.schemas.runs import Readiness
 
 __all__ = ["router"]
 

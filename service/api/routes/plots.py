@@ -23,9 +23,10 @@ from service.api.serving import get_run_or_404, run_not_ready
 from service.db import RunRow, RunStatus
 from service.db import repository as repo
 from service.ml.models import MODELS
-from service.model_cache import ModelCache
 from service.plots import cached_png
-from service.run_plots import (
+from service.schemas.runs import Problem
+from service.serving.model_cache import ModelCache
+from service.serving.run_figures import (
     PlotKind,
     load_point_data,
     needs_kind,
@@ -33,8 +34,7 @@ from service.run_plots import (
     render_history,
     render_points,
 )
-from service.schemas import Problem
-from service.store import ModelStore
+from service.storage.models_store import ModelStore
 
 __all__ = ["GifResponse", "PngResponse", "router"]
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api.deps import ModelCacheDep, SessionDep
-from service.api.series_serving import predict
 from service.api.serving import served_model
-from service.schemas import Problem
-from service.series_schemas import (
+from service.schemas.runs import Problem
+from service.schemas.series import (
     MAX_PREDICT_SAMPLES,
     MAX_PREDICT_TIMES,
     MAX_SERIES_POINTS,
     PredictOut,
     PredictRequest,
 )
+from service.serving.series_queries import predict
 
 __all__ = ["router"]
 

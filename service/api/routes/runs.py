@@ -18,7 +18,7 @@ from service.api.errors import ApiError
 from service.api.serving import get_run_or_404
 from service.db import RunRow, RunStatus
 from service.db import repository as repo
-from service.schemas import MetricPoint, ModelName, Problem, RunList, RunOut
+from service.schemas.runs import MetricPoint, ModelName, Problem, RunList, RunOut
 
 __all__ = ["router"]
 

@@ -12,11 +12,11 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ModelCacheDep, SessionFactoryDep
-from service.api.series_serving import parse_times_param, trajectories
 from service.api.serving import model_json, sample_async, served_model_async
 from service.ml.errors import DataError
-from service.schemas import MAX_SAMPLE_N, Problem, SampleOut
-from service.series_schemas import MAX_TRAJECTORY_TIMES, MAX_TRAJECTORY_VALUES, TrajectoryOut
+from service.schemas.runs import MAX_SAMPLE_N, Problem, SampleOut
+from service.schemas.series import MAX_TRAJECTORY_TIMES, MAX_TRAJECTORY_VALUES, TrajectoryOut
+from service.serving.series_queries import parse_times_param, trajectories
 
 __all__ = ["router"]
 

@@ -28,11 +28,11 @@ from service.api.routes.plots import PngResponse
 from service.api.routes.train import run_fields
 from service.db import sweeps_repository as sweeps
 from service.db.models import SweepRow
+from service.jobs.sweeps import expand_grid
 from service.ml.errors import OdeServeError, UnknownNameError
 from service.plots import cached_png, sweep_png
-from service.schemas import BUILTIN_DATASETS, Problem, TrainRequest
-from service.sweep_schemas import SweepList, SweepOut, SweepRequest, SweepSummary
-from service.sweeps import expand_grid
+from service.schemas.runs import BUILTIN_DATASETS, Problem, TrainRequest
+from service.schemas.sweeps import SweepList, SweepOut, SweepRequest, SweepSummary
 
 __all__ = ["router"]
 

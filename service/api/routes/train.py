@@ -17,7 +17,7 @@ from service.api.errors import ApiError
 from service.db import repository as repo
 from service.ml.errors import ConfigError
 from service.ml.models import MODELS, parse_model_config
-from service.schemas import BUILTIN_DATASETS, Problem, RunOut, TrainRequest
+from service.schemas.runs import BUILTIN_DATASETS, Problem, RunOut, TrainRequest
 
 __all__ = ["router", "run_fields"]
 
@@ -128,7 +128,7 @@ def train(
 
 def _enqueue(session: Session, dispatcher: Any, run_id: str) -> None:
     """Publish the run; when the broker is down it stays ``queued`` in the database (the source of
-    truth) and the reconciler publishes it after ``ODESERVE_QUEUED_GRACE_S`` (see service.reconcile)."""
+    truth) and the reconciler publishes it after ``ODESERVE_QUEUED_GRACE_S`` (see service.jobs.reconcile)."""
     try:
         dispatcher.enqueue(run_id)
     except Exception as exc:

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import redis
 from celery import Celery
 
-from service.broker_scan import BrokerView, scan_broker
 from service.config import Settings
+from service.jobs.broker_scan import BrokerView, scan_broker
 
 __all__ = ["TRAIN_TASK", "CeleryDispatcher", "Dispatcher", "make_celery", "redis_client"]
 
@@ -89,7 +89,7 @@ class CeleryDispatcher:
             client.close()
 
     def scan(self, delivered_within_s: float) -> BrokerView:
-        """Run ids with a message in the training queue (see :mod:`service.broker_scan`)."""
+        """Run ids with a message in the training queue (see :mod:`service.jobs.broker_scan`)."""
         client = redis_client(self.settings.redis_url)
         try:
             return scan_broker(client, self.settings.queue, delivered_within_s=delivered_within_s)

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 import torch
 
-from service.json_values import json_floats
 from service.ml.errors import DataError
 from service.ml.series_io import series_from_json
-from service.model_cache import CachedModel
-from service.series_schemas import MAX_TRAJECTORY_TIMES, MAX_TRAJECTORY_VALUES, PredictRequest, SeriesIn
+from service.schemas.json_values import json_floats
+from service.schemas.series import MAX_TRAJECTORY_TIMES, MAX_TRAJECTORY_VALUES, PredictRequest, SeriesIn
+from service.serving.model_cache import CachedModel
 
 __all__ = [
     "parse_times_param",

@@ -18,7 +18,7 @@ from service.ml.errors import ConfigError, DataError
 from service.ml.models import DensityModel
 from service.ml.series import SERIES_DATASETS, load_series_dataset
 from service.plots import density_png, flow_gif, flow_png, forecast_png, loss_png, samples_png
-from service.store import ModelStore
+from service.storage.models_store import ModelStore
 
 __all__ = [
     "FORECAST_POINTS",

@@ -3,7 +3,7 @@
 Keying by digest means a retrained or replaced checkpoint is never served from a stale entry. Each
 entry carries a lock: inference on one model is serialised (the CNF keeps per-solve state), while
 different models run in parallel in the threadpool. Each entry's :class:`Batcher` merges concurrent
-density requests into one pass (``service.batching``).
+density requests into one pass (``service.serving.batching``).
 
 The cache also remembers, for ``SERVED_RUN_TTL_S``, which checkpoint a *succeeded* run serves, so a
 query on a hot run needs no database round trip. A succeeded run only changes by being deleted:
@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from service.batching import Batcher, BatchPolicy
 from service.ml.checkpoint import load_checkpoint
 from service.ml.models import DensityModel
-from service.store import ModelStore
+from service.serving.batching import Batcher, BatchPolicy
+from service.storage.models_store import ModelStore
 
 __all__ = ["REFRESH_AHEAD_S", "SERVED_RUN_TTL_S", "CachedModel", "ModelCache", "ServedRun"]
 

@@ -20,7 +20,7 @@ from service.ml.models import MODELS
 from service.ml.ode import SolverConfig
 from service.ml.series import SERIES_DATASETS
 from service.ml.training import TrainConfig
-from service.series_schemas import MAX_DENSITY_SERIES, SeriesIn
+from service.schemas.series import MAX_DENSITY_SERIES, SeriesIn
 
 __all__ = [
     "MAX_DENSITY_POINTS",

@@ -1,4 +1,4 @@
-"""Uploaded time-series datasets on disk, beside the point sets of :class:`~service.store.ModelStore`.
+"""Uploaded time-series datasets on disk, beside the point sets of the models store.
 
 A series dataset is one ``torch.save``'d dict of tensors at ``store.dataset_path(id)`` (loaded with
 ``weights_only=True``): the concatenated ``times`` (float64), ``values`` and ``mask`` (float32,
@@ -17,7 +17,7 @@ import torch
 
 from service.ml.errors import CheckpointError
 from service.ml.series import Series, make_series
-from service.store import ModelStore, atomic_write
+from service.storage.models_store import ModelStore, atomic_write
 
 __all__ = ["OBSERVED_FRACTION", "load_series", "save_series"]
 

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.db.models import RunRow, RunStatus, SweepRow
 from service.db.sweeps_repository import sweep_status
-from service.schemas import RunOut, TrainRequest
-from service.sweeps import MAX_SWEEP_RUNS, SECTIONS, comparison_rows
+from service.jobs.sweeps import MAX_SWEEP_RUNS, SECTIONS, comparison_rows
+from service.schemas.runs import RunOut, TrainRequest
 
 __all__ = ["MAX_GRID_PATHS", "SweepList", "SweepOut", "SweepRequest", "SweepStatus", "SweepSummary"]
 

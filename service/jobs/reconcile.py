@@ -23,11 +23,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from service.broker_scan import BrokerView
 from service.config import Settings
 from service.db import SessionFactory
 from service.db import recovery as rec
 from service.db.models import RunStatus
+from service.jobs.broker_scan import BrokerView
 
 __all__ = ["ReconcileReport", "Reconciler", "reconcile_once"]
 
