@@ -3,6 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+# The exact torch build this machine (and CI) installs; pyproject accepts any torch>=2.2 so a user
+# with another CUDA build can install the package. Override: make test TORCH_PIN='torch==2.5.1'.
+TORCH_PIN ?= torch==2.13.0
 
 .PHONY: run test install lint format openapi migrate bench clean
 
@@ -10,7 +13,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/pip install -q '$(TORCH_PIN)'
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
