@@ -17,19 +17,33 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["brute_force_divergence", "hutchinson_divergence", "sample_noise"]
+__all__ = ["brute_force_divergence", "hutchinson_divergence", "sample_noise", "standard_normal"]
 
 NoiseKind = Literal["gaussian", "rademacher"]
+
+
+def _draw_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    """Where to draw: on the generator's own device, so that training's CPU generator (whose state
+    is checkpointed) also drives a model on CUDA, and one seed gives one stream on every device."""
+    return generator.device if generator is not None else device
+
+
+def standard_normal(
+    shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """``N(0, I)`` draws of shape ``shape`` on ``device``, from ``generator`` wherever it lives."""
+    draws = torch.randn(shape, generator=generator, dtype=dtype, device=_draw_device(generator, device))
+    return draws.to(device)
 
 
 def sample_noise(
     shape: tuple[int, ...], kind: NoiseKind, generator: torch.Generator | None, like: Tensor
 ) -> Tensor:
-    """Hutchinson probe vectors with ``E[e e^T] = I``, shape ``shape``."""
+    """Hutchinson probe vectors with ``E[e e^T] = I``, shape ``shape``, on ``like``'s device."""
     if kind == "gaussian":
-        return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
-    bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
-    return bits.to(like.dtype) * 2 - 1
+        return standard_normal(shape, generator, like.dtype, like.device)
+    bits = torch.randint(0, 2, shape, generator=generator, device=_draw_device(generator, like.device))
+    return (bits.to(like.dtype) * 2 - 1).to(like.device)
 
 
 def hutchinson_divergence(f: Tensor, x: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:

@@ -40,7 +40,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from service.ml.divergence import hutchinson_divergence, sample_noise
+from service.ml.divergence import hutchinson_divergence, sample_noise, standard_normal
 from service.ml.inference import solve_inference
 from service.ml.models.base import DensityModel, LossOutput, Width, standard_normal_log_prob
 from service.ml.nets import LeanJacobianNet, ODENet, build_odenet
@@ -314,7 +314,7 @@ class FFJORD(DensityModel):
 
     def _base_noise(self, n: int, generator: torch.Generator | None) -> Tensor:
         param = self.sqrt_end_time
-        return torch.randn(n, self.dim, generator=generator, dtype=param.dtype, device=param.device)
+        return standard_normal((n, self.dim), generator, param.dtype, param.device)
 
     def training_loss(self, batch: Tensor, generator: torch.Generator, iteration: int) -> LossOutput:
         regularize = self.config.regularized
