@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from fastapi.testclient import TestClient
 from placeholders import RUN, fill  # tests/service is on sys.path (rootless test dir)
+
+from service.api.main import create_app
 
 TRAIN = {
     "model": "ffjord",
@@ -67,6 +70,8 @@ CASES: list[tuple[str, tuple, set[int]]] = [
     ("dataset as text/csv body", _raw("POST", "/datasets", b"1,2\n" * 20, "text/csv"), {415}),
     ("invalid UTF-8 in CSV", ("POST", "/datasets",
                               {"files": {"file": ("d.csv", b"\xff\xfe" + b"1,2\n" * 20)}}), {422}),
+    ("invalid UTF-8 in series CSV", ("POST", "/datasets",
+                                     {"files": {"file": ("s.csv", b"series_id,time,v\n\xff,1,1\n")}}), {422}),
     ("invalid UTF-8 in JSON upload", _raw("POST", "/datasets", b'{"name": "\xff", "points": [[1, 2]]}'),
      {400, 422}),
     ("invalid UTF-8 in /train", _raw("POST", "/train", b'{"model": "\xff\xfe"}'), {400, 422}),
@@ -104,6 +109,37 @@ def test_hostile_input_is_a_4xx_problem(client, trained_run, request_, statuses)
     assert response.headers["content-type"].startswith("application/problem+json")
     body = response.json()
     assert body["status"] == response.status_code and body["detail"]
+
+
+@pytest.fixture(scope="module")
+def roomy_client(settings, sessions, queue):
+    """The app with a 1 MiB body limit, so bodies with one huge CSV cell get past the 413."""
+    app = create_app(settings.model_copy(update={"max_upload_bytes": 1 << 20}), session_factory=sessions,
+                     dispatcher=queue)  # fmt: skip
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"series_id,time,v\na,0,1\na,1," + b"9" * 200_000 + b"\na,2,1\nb,0,1\nb,1,1\nb,2,1\n",
+        b'series_id,time,v\na,0,1\na,1,"' + b"x" * 200_000 + b'"\nb,0,1\nb,1,1\nb,2,1\n',
+        b"x,y\n1,2\n3," + b"4" * 200_000 + b"\n5,6\n",
+    ],
+    ids=["series number", "series quoted", "points"],
+)
+def test_csv_cell_over_the_csv_field_limit_is_a_422(roomy_client, problem, content):
+    """Python's csv refuses cells over 131 072 characters: the answer names the line, not a 500."""
+    response = roomy_client.post("/datasets", files={"file": ("s.csv", content)})
+    body = problem(response, 422)
+    assert "line 3" in body["detail"] and "characters" in body["detail"], body
+
+
+def test_series_csv_with_invalid_utf8_names_the_line(client, problem):
+    response = client.post("/datasets", files={"file": ("s.csv", b"series_id,time,v\na,0,1\n\xff,1,1\n")})
+    body = problem(response, 422, "file")
+    assert "line 3" in body["detail"] and "UTF-8" in body["detail"], body
 
 
 def test_sql_looking_text_is_just_text(client, trained_run):
