@@ -7,8 +7,10 @@ path-like and SQL-looking ids, NUL characters, empty bodies. The client's body l
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from placeholders import RUN, fill  # tests/service is on sys.path (rootless test dir)
@@ -158,3 +160,52 @@ def test_service_is_healthy_after_the_table(client, trained_run):
     assert response.status_code == 200 and len(response.json()["log_density"]) == 2
     sample = client.get("/sample", params={"run_id": trained_run["id"], "n": 4, "seed": 1})
     assert sample.status_code == 200 and len(sample.json()["samples"]) == 4
+
+
+def _chunked_multipart(total: int, sent: list[int]) -> tuple[dict[str, str], object]:
+    """A CSV upload of ``total`` bytes sent chunked (no Content-Length); ``sent`` counts chunks."""
+    boundary = "odeserve-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.csv"\r\n'
+        "Content-Type: text/csv\r\n\r\n"
+    ).encode()
+    chunk = b"1,2\n" * 256  # 1 KiB
+
+    async def body():
+        yield head
+        for _ in range(total // len(chunk)):
+            sent.append(1)
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    return {"content-type": f"multipart/form-data; boundary={boundary}"}, body()
+
+
+def _post_streamed(app, path: str, headers: dict[str, str], body) -> httpx.Response:
+    """POST through httpx's ASGI transport, which reads the body lazily (TestClient reads it all)."""
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await http.post(path, content=body, headers=headers)
+
+    return asyncio.run(post())
+
+
+def test_chunked_upload_is_refused_once_past_the_limit_not_after_spooling(client, settings, problem):
+    """No Content-Length: the 413 comes as soon as the limit is passed; the rest is never read."""
+    sent: list[int] = []
+    headers, body = _chunked_multipart(TEN_MB, sent)
+    response = _post_streamed(client.app, "/datasets", headers, body)
+    problem(response, 413, "file")
+    assert "content-length" not in response.request.headers
+    limit_chunks = settings.max_upload_bytes // 1024
+    assert len(sent) <= limit_chunks + 2, f"read {len(sent)} KiB of a {TEN_MB // 1024} KiB body"
+
+
+def test_chunked_upload_under_the_limit_is_accepted(client):
+    sent: list[int] = []
+    headers, body = _chunked_multipart(8 * 1024, sent)
+    response = _post_streamed(client.app, "/datasets", headers, body)
+    assert response.status_code == 201, response.text
+    assert response.json()["n"] == 8 * 256 and len(sent) == 8
