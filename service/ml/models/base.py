@@ -72,6 +72,18 @@ class DensityModel(nn.Module, ABC):
     def evaluate(self, data: Any, generator: torch.Generator) -> dict[str, float]:
         """Held-out metrics, at least ``test_nll`` (nats per item)."""
 
+    @classmethod
+    def training_bytes_per_item(cls, config: BaseModel, dim: int, solver: SolverConfig) -> int | None:
+        """Estimated peak bytes one batch item adds to a training step (None: no estimate).
+
+        Checked against ``ODESERVE_TRAIN_MEMORY_BYTES`` when a run is accepted (``service.ml.memory``)."""
+        return None
+
+    def query_bytes_per_item(self, kind: str) -> int:
+        """Estimated peak bytes one point (``kind`` "density") or one sample ("sample") adds to a
+        no-grad query; serving splits larger queries into chunks within its budget (0: unbounded)."""
+        return 0
+
     def prepare(self, data: Any) -> None:  # noqa: B027 - optional hook
         """Called by ``fit`` once before the first step (e.g. to fit a data normalisation)."""
 

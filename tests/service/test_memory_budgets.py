@@ -1,0 +1,82 @@
+"""Compute and memory budgets: a training step estimated over ``ODESERVE_TRAIN_MEMORY_BYTES`` is a
+422 naming the estimate, the budget and the batch size that fits; queries larger than
+``ODESERVE_QUERY_MEMORY_BYTES`` run in chunks (the same answer, a bounded peak)."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.ml.errors import ConfigError, DataError
+from service.ml.memory import check_training_memory, evaluations_kept, greedy_chunks
+from service.ml.models import build_model
+from service.ml.ode import SolverConfig
+
+HUGE = {
+    "model": "ffjord",
+    "dataset": {"name": "8gaussians"},
+    "model_config": {"hidden_dims": [1024] * 8, "integration_time": 100},
+    "training": {"iterations": 10, "batch_size": 65_536},
+}
+
+
+def test_a_training_step_over_the_budget_is_a_422_with_the_batch_that_fits(client, problem):
+    response = client.post("/train", json=HUGE)
+    body = problem(response, 422, "training.batch_size")
+    detail = body["detail"]
+    assert "memory budget of 8.0 GiB" in detail and "ODESERVE_TRAIN_MEMORY_BYTES" in detail, detail
+    assert "reduce training.batch_size to <= " in detail and "solver.adjoint" in detail, detail
+
+
+def test_the_batch_size_the_error_offers_is_accepted(client, queue, problem):
+    detail = problem(client.post("/train", json=HUGE), 422)["detail"]
+    fits = int(detail.split("reduce training.batch_size to <= ")[1].split(",")[0].split()[0])
+    assert 1 <= fits < 65_536
+    body = {**HUGE, "training": {**HUGE["training"], "batch_size": fits}}
+    accepted = client.post("/train", json=body)
+    assert accepted.status_code == 202, accepted.text
+    queue.queued.remove(accepted.json()["id"])  # accepted, never to be trained here
+    assert client.delete(accepted.headers["location"]).status_code == 204
+    body["training"]["batch_size"] = fits + 1
+    problem(client.post("/train", json=body), 422, "training.batch_size")
+
+
+def test_a_sweep_combination_over_the_budget_names_its_grid_path(client, problem):
+    base = {**HUGE, "training": {"iterations": 10, "batch_size": 64}}
+    response = client.post("/sweeps", json={"base": base, "grid": {"training.batch_size": [8, 65_536]}})
+    body = problem(response, 422, "grid.training.batch_size")
+    assert "memory budget" in body["detail"], body
+
+
+def test_default_requests_are_far_inside_the_budget():
+    model = build_model("ffjord", None, 2)
+    per_item = type(model).training_bytes_per_item(model.config, 2, model.solver)
+    assert per_item is not None and per_item * 256 < 64 << 20  # the default batch: under 64 MiB
+
+
+def test_adjoint_keeps_a_constant_number_of_evaluations():
+    rk4 = SolverConfig(method="rk4", step_size=0.5)
+    assert evaluations_kept(rk4, 2.0) == 16 and evaluations_kept(rk4, 100.0) == 800
+    assert evaluations_kept(rk4.model_copy(update={"adjoint": True}), 100.0) == 2
+
+
+def test_check_training_memory_names_the_largest_batch():
+    assert check_training_memory(1000, 10, 10_000) == 10_000
+    with pytest.raises(ConfigError, match=r"batch_size to <= 10\b") as info:
+        check_training_memory(1000, 11, 10_000)
+    assert info.value.field == "training.batch_size" and info.value.value == 11_000
+
+
+def test_greedy_chunks_cover_everything_in_order_within_the_budget():
+    lengths = [5, 1, 7, 3, 3, 9, 1]
+
+    def cost(count: int, total: int, longest: int) -> int:
+        return count * total
+
+    chunks = greedy_chunks(lengths, cost, 30, what="series", field="series")
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
+    for start, stop in chunks:
+        assert cost(stop - start, sum(lengths[start:stop]), max(lengths[start:stop])) <= 30
+    with pytest.raises(DataError) as info:
+        greedy_chunks([2, 40], cost, 30, what="series", field="series")
+    assert info.value.field == "series[1]"
