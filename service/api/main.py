@@ -113,6 +113,7 @@ def create_app(
         max_wait_s=settings.batch_max_wait_ms / 1000,
         timeout_s=settings.batch_timeout_s,
         inline_max_points=settings.batch_inline_max_points,
+        max_pass_bytes=settings.query_memory_bytes,
     )
     app.state.telemetry = Telemetry()
     on_pass = app.state.telemetry.batch_requests.observe

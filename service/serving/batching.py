@@ -38,6 +38,9 @@ Semantics the callers rely on:
 * Errors never poison a batch: when a merged pass fails (``SolverError`` on an extreme point, ...)
   each of its requests is run alone, so every request gets exactly the answer it would get alone.
 * Nothing hangs: a request not answered within ``timeout_s`` raises :class:`BatchTimeout`.
+* Peak memory is bounded: a pass whose estimate (``model.query_bytes_per_item``) is over
+  ``max_pass_bytes`` runs as consecutive model calls on chunks of that many points or samples (the
+  chunk sizes depend only on the request, so the same seed still gives the same samples).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from service.ml.memory import chunk_size, split_sizes
 from service.ml.models import DensityModel
 
 __all__ = ["IDLE_EXIT_S", "BatchPolicy", "BatchTimeout", "Batcher"]
@@ -70,12 +74,19 @@ class BatchPolicy:
     max_wait_s: float = 0.005
     timeout_s: float = 60.0
     inline_max_points: int = 64  # small event-loop requests are merged and solved on the loop; 0: never
+    max_pass_bytes: int = 256 << 20  # a model call estimated above this is split into chunks
 
     def __post_init__(self) -> None:
-        if self.max_points < 1 or self.max_wait_s < 0 or self.timeout_s <= 0 or self.inline_max_points < 0:
+        if (
+            self.max_points < 1
+            or self.max_wait_s < 0
+            or self.timeout_s <= 0
+            or self.inline_max_points < 0
+            or self.max_pass_bytes < 1
+        ):
             raise ValueError(
-                f"invalid {self}: need max_points >= 1, max_wait_s >= 0, timeout_s > 0 and "
-                "inline_max_points >= 0"
+                f"invalid {self}: need max_points >= 1, max_wait_s >= 0, timeout_s > 0, "
+                "inline_max_points >= 0 and max_pass_bytes >= 1"
             )
 
 
@@ -122,6 +133,7 @@ class Batcher:
         self._last_clients: set[Hashable] = set()
         self._inline_timer: asyncio.Handle | asyncio.TimerHandle | None = None
         self._loop: tuple[int, asyncio.AbstractEventLoop] | None = None  # (thread id, its running loop)
+        self._chunks: dict[str, int] = {}  # items per model call by query kind (memory budget)
 
     # -- request side -------------------------------------------------------------------------
 
@@ -318,7 +330,7 @@ class Batcher:
         The caller holds the model lock."""
         if len(batch) > 1:
             try:
-                values = self._call(lambda: self.model.log_prob(torch.cat([r.points for r in batch])))
+                values = self._call(lambda: self._log_prob(torch.cat([r.points for r in batch])))
                 return [(v, None) for v in values.split([r.size for r in batch])]
             except Exception:
                 pass  # isolate the failure: every request gets its own answer
@@ -327,11 +339,38 @@ class Batcher:
     def _alone(self, req: _Request) -> tuple[Tensor | None, BaseException | None]:
         try:
             if req.kind == "sample":
-                generator = torch.Generator().manual_seed(req.seed)
-                return self._call(lambda: self.model.sample(req.size, generator)), None
-            return self._call(lambda: self.model.log_prob(req.points)), None
+                return self._call(lambda: self._sample(req.size, req.seed)), None
+            return self._call(lambda: self._log_prob(req.points)), None
         except Exception as error:
             return None, error
+
+    def _chunk(self, kind: str) -> int:
+        """Points (or samples) per model call within ``max_pass_bytes``; DataError if one is over."""
+        chunk = self._chunks.get(kind)
+        if chunk is None:
+            estimate = getattr(self.model, "query_bytes_per_item", None)  # duck-typed models: none
+            per_item = estimate(kind) if estimate is not None else 0
+            what = "point" if kind == "density" else "sample"
+            field = "points" if kind == "density" else "n"
+            budget = self.policy.max_pass_bytes
+            chunk = chunk_size(per_item, budget, what=what, field=field) if per_item else 1 << 62
+            self._chunks[kind] = chunk
+        return chunk
+
+    def _log_prob(self, points: Tensor) -> Tensor:
+        """``model.log_prob`` in chunks of ``_chunk("density")`` points (peak memory bounded)."""
+        chunk = self._chunk("density")
+        if points.shape[0] <= chunk:
+            return self.model.log_prob(points)
+        return torch.cat([self.model.log_prob(part) for part in points.split(chunk)])
+
+    def _sample(self, n: int, seed: int) -> Tensor:
+        """``n`` samples from one generator seeded ``seed``, drawn in chunks (sizes fixed by ``n``)."""
+        generator = torch.Generator().manual_seed(seed)
+        sizes = split_sizes(n, self._chunk("sample"))
+        if len(sizes) == 1:
+            return self.model.sample(n, generator)
+        return torch.cat([self.model.sample(size, generator) for size in sizes])
 
     def _call(self, fn: Callable[[], Tensor]) -> Tensor:
         with torch.no_grad():

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from service.ml.errors import DataError
+from service.ml.memory import greedy_chunks
 from service.ml.series_io import series_from_json
 from service.schemas.json_values import json_floats
 from service.schemas.series import MAX_TRAJECTORY_TIMES, MAX_TRAJECTORY_VALUES, PredictRequest, SeriesIn
@@ -124,10 +125,23 @@ def trajectories(
     return list(times), json_floats(samples)
 
 
-def series_log_density(entry: CachedModel, series: Sequence[SeriesIn]) -> list[float | None]:
-    """Importance-weighted lower bound on each series' log-likelihood (nats, data units), (B,)."""
+def series_log_density(
+    entry: CachedModel, series: Sequence[SeriesIn], budget: int | None = None
+) -> list[float | None]:
+    """Importance-weighted lower bound on each series' log-likelihood (nats, data units), (B,).
+
+    The series are scored in consecutive chunks whose estimate (``bound_bytes``: the latent states
+    on each chunk's union time grid) is within ``budget`` bytes (None: one pass); all chunks draw
+    from one generator seeded 0, so one chunk gives what one pass gave. A single series over the
+    budget is a ``DataError`` naming it."""
     raw = [item.model_dump() for item in series]
     parsed = series_from_json(raw, observed_fraction=1.0)
+    chunks = [(0, len(parsed))]
+    if budget is not None:
+        cost = entry.model.bound_bytes  # type: ignore[attr-defined]
+        lengths = [len(s) for s in parsed]
+        chunks = greedy_chunks(lengths, cost, budget, what="series", field="series")
+    generator = torch.Generator().manual_seed(0)
     with entry.lock, torch.no_grad():
-        bound = entry.model.log_prob(parsed)
+        bound = torch.cat([entry.model.log_prob(parsed[a:b], generator) for a, b in chunks])  # type: ignore[call-arg]
     return json_floats(bound)

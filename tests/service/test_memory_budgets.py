@@ -4,12 +4,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 
 from service.ml.errors import ConfigError, DataError
 from service.ml.memory import check_training_memory, evaluations_kept, greedy_chunks
 from service.ml.models import build_model
 from service.ml.ode import SolverConfig
+from service.schemas.series import SeriesIn
+from service.serving.batching import Batcher, BatchPolicy
+from service.serving.model_cache import CachedModel
+from service.serving.series_queries import series_log_density
 
 HUGE = {
     "model": "ffjord",
@@ -80,3 +87,87 @@ def test_greedy_chunks_cover_everything_in_order_within_the_budget():
     with pytest.raises(DataError) as info:
         greedy_chunks([2, 40], cost, 30, what="series", field="series")
     assert info.value.field == "series[1]"
+
+
+TIGHT = SolverConfig(method="dopri5", rtol=1e-9, atol=1e-9)
+
+
+class _Spy:
+    """Wraps a model method and records the batch size of each call."""
+
+    def __init__(self, fn, size) -> None:
+        self.fn, self.size, self.sizes = fn, size, []
+
+    def __call__(self, x, *args, **kwargs):
+        self.sizes.append(self.size(x))
+        return self.fn(x, *args, **kwargs)
+
+
+@pytest.fixture
+def flow():
+    torch.manual_seed(0)
+    return build_model("ffjord", {"hidden_dims": [16]}, 2, TIGHT).double()
+
+
+def test_a_density_pass_over_the_budget_runs_in_chunks_with_the_same_answer(flow):
+    points = torch.randn(35, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        whole = flow.log_prob(points)
+    per_point = flow.query_bytes_per_item("density")
+    batcher = Batcher(flow, policy=BatchPolicy(max_pass_bytes=10 * per_point))
+    flow.log_prob = spy = _Spy(flow.log_prob, lambda x: x.shape[0])
+    try:
+        chunked = batcher.log_prob(points)
+    finally:
+        del flow.log_prob
+    assert spy.sizes == [10, 10, 10, 5]
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+
+
+def test_a_sample_over_the_budget_runs_in_chunks_and_keeps_its_seed(flow):
+    per_sample = flow.query_bytes_per_item("sample")
+    batcher = Batcher(flow, policy=BatchPolicy(max_pass_bytes=8 * per_sample))
+    flow.sample = spy = _Spy(flow.sample, lambda n: n)
+    try:
+        first, again = batcher.sample(20, seed=3), batcher.sample(20, seed=3)
+    finally:
+        del flow.sample
+    assert spy.sizes == [8, 8, 4] * 2 and first.shape == (20, 2)
+    torch.testing.assert_close(first, again, atol=0, rtol=0)
+
+
+def test_a_wide_64d_model_serves_10000_points_in_chunks_within_the_default_budget():
+    wide = build_model("ffjord", {"hidden_dims": [1024, 1024, 1024]}, 64)
+    per_point = wide.query_bytes_per_item("density")
+    assert per_point * 10_000 > 8 << 30  # one pass would be over 8 GiB
+    chunk = Batcher(wide, policy=BatchPolicy())._chunk("density")
+    assert 1 <= chunk < 10_000 and chunk * per_point <= 256 << 20
+
+
+def _series(count: int, length: int) -> list[SeriesIn]:
+    out = []
+    for i in range(count):
+        times = [0.01 * j + 1e-4 * i for j in range(length)]  # all distinct across series
+        out.append(SeriesIn(times=times, values=[[math.sin(t)] for t in times]))
+    return out
+
+
+def test_series_density_is_scored_in_chunks_within_the_budget():
+    torch.manual_seed(0)
+    model = build_model("latent_ode", {"latent_dim": 3, "encoder_hidden": 8, "dynamics_hidden": [8],
+                                       "decoder_hidden": [8], "iwae_samples": 4}, 1)  # fmt: skip
+    entry = CachedModel(model, digest="test")
+    series = _series(40, 30)
+    budget = model.bound_bytes(8, 8 * 30, 30)
+    model.log_prob = spy = _Spy(model.log_prob, len)
+    try:
+        bounds = series_log_density(entry, series, budget)
+    finally:
+        del model.log_prob
+    assert len(bounds) == 40 and all(b is not None and math.isfinite(b) for b in bounds)
+    assert sum(spy.sizes) == 40 and len(spy.sizes) == 5
+    assert all(model.bound_bytes(n, n * 30, 30) <= budget for n in spy.sizes)
+    assert model.bound_bytes(40, 40 * 30, 30) > 10 * budget  # one pass: the union grid is quadratic
+    with pytest.raises(DataError) as info:
+        series_log_density(entry, [*_series(2, 10), *_series(1, 4000)], budget)
+    assert info.value.field == "series[2]" and "ODESERVE_QUERY_MEMORY_BYTES" in str(info.value)

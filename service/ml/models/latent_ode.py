@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from service.ml.errors import DataError
+from service.ml.memory import FLOAT_BYTES, SAFETY
 from service.ml.models.base import DensityModel, LossOutput, Width, standard_normal_log_prob
 from service.ml.models.latent_parts import (
     LatentDynamics,
@@ -240,6 +241,18 @@ class LatentODE(DensityModel):
         log_w = log_lik + standard_normal_log_prob(z0) - normal_log_density(z0, mean, std)
         bound = torch.logsumexp(log_w, 0) - math.log(k) - self._log_scale(target)
         return batch, bound, pred.mean(0) * self.scale + self.loc
+
+    def bound_bytes(self, count: int, total: int, longest: int) -> int:
+        """Estimated peak bytes of ``log_prob`` on ``count`` series of ``total`` points in all, the
+        longest of ``longest``: every importance sample's latent states on the union time grid (at
+        most ``total + 1`` times, which grows with the product of series and times), the decodes on
+        the padded grid and the encoder's states. Serving splits a query to keep this in budget."""
+        k, latent = self.config.iwae_samples, self.config.latent_dim
+        decoded = latent + sum(self.config.decoder_hidden) + 4 * self.dim
+        # The grid states twice: the solver's solution and solve_on_grid's concatenated copy.
+        floats = k * count * (2 * (total + 1) * latent + longest * decoded + 8 * latent)
+        floats += count * longest * (4 * self.config.encoder_hidden + 3 * self.dim)
+        return FLOAT_BYTES * SAFETY * floats
 
     @torch.no_grad()
     def log_prob(self, x: SeriesInput, generator: torch.Generator | None = None) -> Tensor:
