@@ -114,6 +114,10 @@ def create_app(
         timeout_s=settings.batch_timeout_s,
         inline_max_points=settings.batch_inline_max_points,
         max_pass_bytes=settings.query_memory_bytes,
+        rtol_floor=settings.serve_rtol_floor,
+        atol_floor=settings.serve_atol_floor,
+        max_num_steps=settings.serve_max_num_steps,
+        inline_max_steps=settings.batch_inline_max_steps,
     )
     app.state.telemetry = Telemetry()
     on_pass = app.state.telemetry.batch_requests.observe

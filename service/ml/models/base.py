@@ -48,6 +48,8 @@ class DensityModel(nn.Module, ABC):
     data_kind: ClassVar[str] = "points"
     # The solver a run gets when its request names none (per model: the measured winner).
     default_solver: ClassVar[SolverConfig] = SolverConfig()
+    # Set by serving: the bounded solver of no-grad queries (None: ``solver``, as in training).
+    query_solver: SolverConfig | None = None
 
     def __init__(self, config: BaseModel, dim: int, solver: SolverConfig) -> None:
         super().__init__()

@@ -295,7 +295,8 @@ class FFJORD(DensityModel):
             try:
                 # ``forward`` directly: nn.Module.__call__'s hook checks cost ~2 % of a small solve.
                 dynamics = self.dynamics.forward
-                return solve_inference(dynamics, state, times, self.solver.as_adaptive(), self.nfe)
+                config = (self.query_solver or self.solver).as_adaptive()
+                return solve_inference(dynamics, state, times, config, self.nfe)
             finally:
                 self.dynamics.lean = None
                 if lean is not None:

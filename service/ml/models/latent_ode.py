@@ -168,7 +168,14 @@ class LatentODE(DensityModel):
     # ----------------------------------------------------------------- building blocks
     def posterior(self, batch: SeriesBatch, values: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
         """``q(z0 | prefix)``: mean and std, each (B, L)."""
-        return self.encoder(values, batch.mask, tau, batch.observed, self.solver, self.encoder_nfe)
+        return self.encoder(values, batch.mask, tau, batch.observed, self._solver_now, self.encoder_nfe)
+
+    @property
+    def _solver_now(self) -> SolverConfig:
+        """The serving budget (``query_solver``) for no-grad solves when set, else ``solver``."""
+        if self.query_solver is not None and not torch.is_grad_enabled():
+            return self.query_solver
+        return self.solver
 
     def decode(self, z0: Tensor, tau: Tensor) -> Tensor:
         """Decoded means (K, B, T, D), standardised, for ``z0`` (K, B, L) at model times ``tau`` (B, T)."""
@@ -176,7 +183,7 @@ class LatentODE(DensityModel):
         grid = torch.unique(torch.cat([tau.flatten(), tau.new_zeros(1)]))
         index = torch.searchsorted(grid, tau.contiguous())
         states = solve_on_grid(
-            self.dynamics, z0.reshape(samples * batch, latent), grid, self.solver, self.nfe
+            self.dynamics, z0.reshape(samples * batch, latent), grid, self._solver_now, self.nfe
         )
         return self.decoder(gather_times(states.view(-1, samples, batch, latent), index))
 
