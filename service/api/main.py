@@ -137,7 +137,7 @@ def create_app(
             allow_origins=list(settings.cors_origin_list),
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
-            expose_headers=["Location", "Retry-After"],
+            expose_headers=["Location", "Retry-After", "Link"],
         )
     if not settings.protect_reads and not settings.cors_origin_list:  # hot path sends no auth/CORS
         app.hot_density = HotDensity(app.state.model_cache, app.state.telemetry)
