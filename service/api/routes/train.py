@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from service.api.auth import RequireWriteKey
+from service.api.auth import Principal
 from service.api.deps import DispatcherDep, SessionDep, SettingsDep
 from service.api.errors import ApiError
 from service.db import repository as repo
@@ -22,7 +22,7 @@ from service.ml.models import MODELS, parse_model_config
 from service.ml.ode import SolverConfig
 from service.schemas.runs import BUILTIN_DATASETS, Problem, RunOut, TrainRequest
 
-__all__ = ["router", "run_fields"]
+__all__ = ["router", "run_fields", "scoped_key"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,12 @@ def _dataset(session: Session, request: TrainRequest) -> tuple[dict[str, Any], s
     stored |= {k: v for k, v in (("n_train", ref.n_train), ("n_test", ref.n_test)) if v is not None}
     kind, dim, _ = BUILTIN_DATASETS[name]
     return stored, kind, None, dim
+
+
+def scoped_key(principal: str, idempotency_key: str) -> str:
+    """What the ``runs`` row stores for an ``Idempotency-Key``: a digest of the caller's principal
+    and the key, so equal keys of two API keys are two keys (64 hex; the column holds 200)."""
+    return hashlib.sha256(f"{principal}\0{idempotency_key}".encode()).hexdigest()
 
 
 def _request_digest(request: TrainRequest) -> str:
@@ -130,8 +136,10 @@ def train(
     session: SessionDep,
     dispatcher: DispatcherDep,
     settings: SettingsDep,
-    _: RequireWriteKey,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    principal: Principal,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=200, description="Scoped to the caller's API key.")
+    ] = None,
 ) -> RunOut:
     """Queue a training run; poll ``Location`` (``GET /runs/{id}``) for its progress.
 
@@ -140,7 +148,8 @@ def train(
     """
     fields = run_fields(session, request, settings.train_memory_bytes)
     try:
-        row, created = repo.create_run(session, **fields, idempotency_key=idempotency_key)
+        scoped = None if idempotency_key is None else scoped_key(principal, idempotency_key)
+        row, created = repo.create_run(session, **fields, idempotency_key=scoped)
     except repo.IdempotencyConflict as exc:
         raise ApiError(
             409,
