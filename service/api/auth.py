@@ -23,6 +23,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.errors import ApiError
+from service.api.telemetry import log_safe
 from service.config import Settings
 from service.schemas.runs import Problem
 
@@ -80,7 +81,7 @@ def _check(request: Request, credentials: HTTPAuthorizationCredentials | None) -
         )
     key = _matching_key(credentials.credentials, keys)
     if key is None:
-        log.warning("rejected an unknown API key for %s %s", request.method, request.url.path)
+        log.warning("rejected an unknown API key for %s %s", request.method, log_safe(request.scope["path"]))
         raise ApiError(
             403,
             "forbidden",

@@ -148,3 +148,15 @@ def test_idempotency_keys_are_scoped_to_the_api_key(keyed, problem):
     assert first.json()["id"] not in body["detail"]
     for run in (first, other):
         assert keyed.delete(f"/runs/{run.json()['id']}", headers=RIGHT).status_code == 204
+
+
+def test_a_logged_request_path_cannot_forge_log_lines(keyed, caplog):
+    """A decoded %0a in the path would start a new log line: it is logged escaped."""
+    with caplog.at_level(logging.WARNING, logger="service.api.auth"):
+        response = keyed.post("/runs/x%0aINFO%20forged%20line%0d%1b[2J/cancel", headers=WRONG)
+    assert response.status_code == 403
+    lines = [record.getMessage() for record in caplog.records if "unknown API key" in record.getMessage()]
+    assert lines, caplog.text
+    for line in lines:
+        assert "\n" not in line and "\r" not in line and "\x1b" not in line
+        assert "\\nINFO forged line\\r\\x1b" in line

@@ -209,3 +209,22 @@ def test_chunked_upload_under_the_limit_is_accepted(client):
     response = _post_streamed(client.app, "/datasets", headers, body)
     assert response.status_code == 201, response.text
     assert response.json()["n"] == 8 * 256 and len(sent) == 8
+
+
+def test_problem_details_never_name_server_paths(roomy_client, settings, trained_run, problem):
+    """An OSError text inside a domain error (as checkpoint loading wraps them) leaves as a basename."""
+    app = roomy_client.app
+    secret = str(settings.models_store.resolve() / "runs" / trained_run["id"] / "model.pt")
+
+    @app.get("/test-only/raise-checkpoint-error")
+    def _raise() -> None:
+        from service.ml.errors import CheckpointError
+
+        raise CheckpointError(
+            f"cannot read model.pt: [Errno 13] Permission denied: '{secret}'", fix="retrain the run"
+        )
+
+    body = problem(roomy_client.get("/test-only/raise-checkpoint-error"), 409, "run_id")
+    text = json.dumps(body)
+    assert secret not in text and str(settings.models_store.resolve()) not in text, text
+    assert "'<server path>/model.pt'" in body["detail"] and "retrain the run" in body["detail"]
