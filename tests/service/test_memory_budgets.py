@@ -13,10 +13,10 @@ from service.ml.errors import ConfigError, DataError
 from service.ml.memory import check_training_memory, evaluations_kept, greedy_chunks
 from service.ml.models import build_model
 from service.ml.ode import SolverConfig
-from service.schemas.series import SeriesIn
+from service.schemas.series import PredictRequest, SeriesIn
 from service.serving.batching import Batcher, BatchPolicy
 from service.serving.model_cache import CachedModel
-from service.serving.series_queries import series_log_density
+from service.serving.series_queries import predict, series_log_density
 
 HUGE = {
     "model": "ffjord",
@@ -171,3 +171,25 @@ def test_series_density_is_scored_in_chunks_within_the_budget():
     with pytest.raises(DataError) as info:
         series_log_density(entry, [*_series(2, 10), *_series(1, 4000)], budget)
     assert info.value.field == "series[2]" and "ODESERVE_QUERY_MEMORY_BYTES" in str(info.value)
+
+
+def test_a_prediction_over_the_budget_names_the_n_samples_that_fits():
+    torch.manual_seed(0)
+    model = build_model("latent_ode", {"latent_dim": 128}, 1)
+    entry = CachedModel(model, digest="test")
+    times = [0.04 * i for i in range(100)]
+    body = {
+        "run_id": "00000000-0000-0000-0000-000000000000",
+        "times": times,
+        "values": [[math.sin(t)] for t in times],
+        "predict_times": [0.004 * i for i in range(2000)],
+        "n_samples": 256,
+    }
+    budget = 64 << 20
+    with pytest.raises(DataError) as info:
+        predict(entry, PredictRequest(**body), budget)
+    assert info.value.field == "n_samples" and "ODESERVE_QUERY_MEMORY_BYTES" in str(info.value)
+    fits = int(str(info.value).split("lower n_samples to <= ")[1].split(",")[0])
+    assert 1 <= fits < 256 and model.predict_bytes(fits, 100, 2000) <= budget
+    mean, std = predict(entry, PredictRequest(**{**body, "n_samples": fits}), budget)
+    assert len(mean) == len(std) == 2000

@@ -261,6 +261,15 @@ class LatentODE(DensityModel):
         floats += count * longest * (4 * self.config.encoder_hidden + 3 * self.dim)
         return FLOAT_BYTES * SAFETY * floats
 
+    def predict_bytes(self, n_samples: int, times: int, predict_times: int) -> int:
+        """Estimated peak bytes of ``predict`` on one series: every draw's latent states on the grid
+        of the query times (twice, as in ``bound_bytes``) and its decodes, plus the encoder."""
+        k, latent = max(1, n_samples), self.config.latent_dim
+        decoded = latent + sum(self.config.decoder_hidden) + 4 * self.dim
+        floats = k * (2 * (predict_times + 1) * latent + predict_times * decoded + 8 * latent)
+        floats += times * (4 * self.config.encoder_hidden + 3 * self.dim)
+        return FLOAT_BYTES * SAFETY * floats
+
     @torch.no_grad()
     def log_prob(self, x: SeriesInput, generator: torch.Generator | None = None) -> Tensor:
         """IWAE lower bound (``iwae_samples``) on each series' log-likelihood, (B,), in data units."""
