@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from service.api.main import create_app
 from service.ml.models import build_model
@@ -111,3 +112,14 @@ def test_livez_answers_while_a_long_density_query_runs(settings, sessions, queue
     assert outcome["livez"] == 200 and not outcome["query_done_before_livez"]
     assert outcome["released"] and outcome["answer"].status_code == 200
     assert len(outcome["answer"].json()["log_density"]) == 1
+
+
+def test_a_query_past_the_serving_step_budget_names_it(settings, sessions, queue, trained_run, problem):
+    budget = {"serve_max_num_steps": 1, "batch_inline_max_steps": 1}
+    app = create_app(settings.model_copy(update=budget), session_factory=sessions, dispatcher=queue)
+    with TestClient(app) as client:
+        response = client.get("/density", params={"run_id": trained_run["id"], "x": "0.5,0.5"})
+        body = problem(response, 422, "x")
+        assert "ODESERVE_SERVE_MAX_NUM_STEPS" in body["detail"], body
+        sample = client.get("/sample", params={"run_id": trained_run["id"], "n": 3})
+        assert "ODESERVE_SERVE_MAX_NUM_STEPS" in problem(sample, 422, "n")["detail"]
