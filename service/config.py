@@ -27,6 +27,12 @@
 | ``ODESERVE_HEARTBEAT_TIMEOUT_S`` | ``60`` | A ``running`` run with an older heartbeat is presumed lost |
 | ``ODESERVE_RECONCILE_INTERVAL_S`` | ``30`` | Reconciler pass period in each worker (0: only at start) |
 | ``ODESERVE_QUEUED_GRACE_S`` | ``60`` | A ``queued`` run with no broker message this long is re-enqueued |
+| ``ODESERVE_SERVE_RTOL_FLOOR`` | ``1e-6`` | Served solves use rtol no tighter than this (any run) |
+| ``ODESERVE_SERVE_ATOL_FLOOR`` | ``1e-6`` | Likewise atol |
+| ``ODESERVE_SERVE_MAX_NUM_STEPS`` | ``2000`` | Step budget of a served solve (the run's own if lower) |
+| ``ODESERVE_BATCH_INLINE_MAX_STEPS`` | ``64`` | A pass on the event loop past this: thread |
+| ``ODESERVE_TRAIN_MEMORY_BYTES`` | 8 GiB | ``POST /train``: 422 if a step is estimated above |
+| ``ODESERVE_QUERY_MEMORY_BYTES`` | 256 MiB | Estimated peak of one model pass; larger: chunks |
 | ``ODESERVE_API_KEYS`` | unset | Comma-separated API keys; when set, mutating routes need ``Bearer`` |
 | ``ODESERVE_PROTECT_READS`` | ``false`` | With keys set, read routes need a key too (ops routes never) |
 | ``ODESERVE_CORS_ORIGINS`` | unset | Comma-separated allowed origins; unset = no CORS headers at all |
@@ -106,6 +112,12 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(60.0, gt=0)
     reconcile_interval_s: float = Field(30.0, ge=0)
     queued_grace_s: float = Field(60.0, ge=0)
+    serve_rtol_floor: float = Field(1e-6, gt=0, lt=1)
+    serve_atol_floor: float = Field(1e-6, gt=0, lt=1)
+    serve_max_num_steps: int = Field(2000, ge=1, le=100_000)
+    batch_inline_max_steps: int = Field(64, ge=1, le=100_000)
+    train_memory_bytes: int = Field(8 << 30, ge=1 << 24)
+    query_memory_bytes: int = Field(256 << 20, ge=1 << 20)
     api_keys: SecretStr | None = Field(None, description="Comma-separated; never logged.")
     protect_reads: bool = False
     cors_origins: str = ""

@@ -4,11 +4,16 @@
 request validation errors and HTTP exceptions are mapped here and nowhere else; bad input is always
 a 4xx naming the field, never a 500. A checkpoint that fails its DB checksum (tampered, truncated,
 missing) is a ``409 checkpoint_error`` telling the client to retrain the run.
+
+No answer names a server file: absolute filesystem paths in a detail or field message (an
+``OSError`` text inside a ``CheckpointError``, say) are cut to their last component before they
+leave (``redact_paths``); the full text stays in the server log.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -21,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.ml.errors import OdeServeError
 
-__all__ = ["PROBLEM_JSON", "ApiError", "install_error_handlers", "problem_response"]
+__all__ = ["PROBLEM_JSON", "ApiError", "install_error_handlers", "problem_response", "redact_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,25 @@ _STATUS_BY_KIND = {
     "checkpoint_error": 409,  # missing or tampered checkpoint: the run must be retrained, not a 500
     "canceled": 409,
 }
+
+
+# An absolute POSIX path of two or more components (not one of the API's own routes, which details
+# may name), or a Windows drive path; ``file://`` URLs too.
+_API_ROOTS = ("runs", "sweeps", "datasets", "density", "sample", "predict", "train", "problems", "docs")
+_PATH = re.compile(
+    r"(?:file://|(?<![\w.~:/-]))/(?!(?:{})\b)(?:[^\s'\"`/:;,()<>]+/)+[^\s'\"`/:;,()<>]*"
+    r"|\b[A-Za-z]:\\(?:[^\s'\"`\\:;,()<>]+\\)+[^\s'\"`\\:;,()<>]*".format("|".join(_API_ROOTS))
+)
+
+
+def _last_part(match: re.Match[str]) -> str:
+    parts = [p for p in re.split(r"[/\\]", match.group(0)) if p]
+    return f"<server path>/{parts[-1]}" if parts else "<server path>"
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with every absolute server path replaced by ``<server path>/<its last part>``."""
+    return _PATH.sub(_last_part, text) if "/" in text or "\\" in text else text
 
 
 class ApiError(Exception):
@@ -67,12 +91,12 @@ def problem_response(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    listed = [{"field": f, "message": m} for f, m in errors][:MAX_LISTED_ERRORS]
+    listed = [{"field": f, "message": redact_paths(m)} for f, m in errors][:MAX_LISTED_ERRORS]
     body = {
         "type": f"/problems/{slug}" if slug else "about:blank",
         "title": HTTPStatus(status).phrase,
         "status": status,
-        "detail": detail,
+        "detail": None if detail is None else redact_paths(detail),
         "errors": listed,
         **(extra or {}),
     }

@@ -113,6 +113,11 @@ def create_app(
         max_wait_s=settings.batch_max_wait_ms / 1000,
         timeout_s=settings.batch_timeout_s,
         inline_max_points=settings.batch_inline_max_points,
+        max_pass_bytes=settings.query_memory_bytes,
+        rtol_floor=settings.serve_rtol_floor,
+        atol_floor=settings.serve_atol_floor,
+        max_num_steps=settings.serve_max_num_steps,
+        inline_max_steps=settings.batch_inline_max_steps,
     )
     app.state.telemetry = Telemetry()
     on_pass = app.state.telemetry.batch_requests.observe
@@ -132,7 +137,7 @@ def create_app(
             allow_origins=list(settings.cors_origin_list),
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
-            expose_headers=["Location", "Retry-After"],
+            expose_headers=["Location", "Retry-After", "Link"],
         )
     if not settings.protect_reads and not settings.cors_origin_list:  # hot path sends no auth/CORS
         app.hot_density = HotDensity(app.state.model_cache, app.state.telemetry)

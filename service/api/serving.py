@@ -20,7 +20,7 @@ from torch import Tensor
 from service.api.errors import ApiError
 from service.db import RunRow, RunStatus, SessionFactory
 from service.db import repository as repo
-from service.ml.errors import DataError
+from service.ml.errors import DataError, SolverError
 from service.ml.models import MODELS
 from service.schemas.json_values import json_floats
 from service.serving.batching import BatchTimeout
@@ -158,24 +158,35 @@ async def log_density_async(
     entry: CachedModel, points: Tensor, field: str, client: Hashable | None = None
 ) -> list[float | None]:
     """``log_density`` awaiting the batcher on the event loop; ``client``: the caller's connection."""
-    with _busy_as_503():
+    with _busy_as_503(field):
         values = await entry.batcher.log_prob_async(model_points(entry, points, field), client)
     return json_floats(values)
 
 
 async def sample_async(entry: CachedModel, n: int, seed: int) -> list[list[float | None]]:
     """``sample`` awaiting the batcher on the event loop."""
-    with _busy_as_503():
+    with _busy_as_503("n"):
         samples = await entry.batcher.sample_async(n, seed)
     return json_floats(samples)
 
 
 @contextmanager
-def _busy_as_503() -> Iterator[None]:
+def _busy_as_503(field: str) -> Iterator[None]:
+    """A batcher timeout -> 503; the serving step budget running out -> 422 saying whose it is."""
     try:
         yield
     except BatchTimeout as exc:
         raise model_busy(exc) from None
+    except SolverError as exc:
+        if exc.field != "solver.max_num_steps":
+            raise
+        raise ApiError(
+            422,
+            "solver_error",
+            f"this query needs more than {exc.value} solver steps, the serving step budget "
+            "(ODESERVE_SERVE_MAX_NUM_STEPS, or the run's own max_num_steps if lower)",
+            errors=[(field, "query points nearer the training data, or ask the operator to raise it")],
+        ) from None
 
 
 def model_busy(exc: BatchTimeout) -> ApiError:

@@ -1,5 +1,9 @@
 """Prometheus metrics: request latency per route template, requests per batched model pass, runs by
-status (read at scrape time)."""
+status (read at scrape time); ``log_safe`` for client text in log lines.
+
+Metrics are labelled by route template (``unmatched`` for no route), never by the raw path, and a
+request path or other client text is logged only through ``log_safe``: a decoded ``%0a`` would
+otherwise start a forged log line."""
 
 from __future__ import annotations
 
@@ -8,7 +12,20 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
-__all__ = ["Telemetry", "TelemetryMiddleware"]
+__all__ = ["LOGGED_TEXT_MAX", "Telemetry", "TelemetryMiddleware", "log_safe"]
+
+LOGGED_TEXT_MAX = 200
+
+
+def log_safe(text: str, limit: int = LOGGED_TEXT_MAX) -> str:
+    """``text`` for one log line: control and other non-printable characters (CR, LF, ESC, ...) and
+    backslashes escaped as Python would write them, at most ``limit`` characters (then ``...``)."""
+    if text.isprintable() and "\\" not in text and len(text) <= limit:
+        return text
+    escaped = "".join(
+        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode() for c in text
+    )
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
 
 
 class Telemetry:

@@ -186,8 +186,16 @@ def delete_run(session: Session, run_id: str) -> Literal["deleted", "missing", "
     return "missing" if get_run(session, run_id) is None else "busy"
 
 
-def run_metrics(session: Session, run_id: str) -> list[RunMetricRow]:
-    query = select(RunMetricRow).where(RunMetricRow.run_id == run_id).order_by(RunMetricRow.iteration)
+def run_metrics(
+    session: Session, run_id: str, *, limit: int | None = None, after: int | None = None
+) -> list[RunMetricRow]:
+    """The run's metric rows by iteration: those after iteration ``after``, at most ``limit``."""
+    query = select(RunMetricRow).where(RunMetricRow.run_id == run_id)
+    if after is not None:
+        query = query.where(RunMetricRow.iteration > after)
+    query = query.order_by(RunMetricRow.iteration)
+    if limit is not None:
+        query = query.limit(limit)
     return list(session.scalars(query))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -90,6 +91,7 @@ def _check_path(path: Any, model: str) -> tuple[str, str]:
 
 
 def _check_values(path: str, values: Any) -> list[Any]:
+    """``values`` if it is a non-empty list (repeats are checked after the run count)."""
     if not isinstance(values, list):
         raise ConfigError(
             f"grid values of {path!r} must be a list, got {type(values).__name__}",
@@ -104,15 +106,33 @@ def _check_values(path: str, values: Any) -> list[Any]:
             fix="give at least one value, or leave the path out of the grid",
             field=f"grid.{path}",
         )
-    for i, value in enumerate(values):
-        if any(value == earlier for earlier in values[:i]):
+    return values
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` with integral floats as ints, so equal JSON values get the same canonical text."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _check_repeats(path: str, values: list[Any]) -> None:
+    """Refuse a value listed twice: one hash of its canonical JSON each, linear in the list."""
+    seen: set[str] = set()
+    for value in values:
+        key = json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), default=repr)
+        if key in seen:
             raise ConfigError(
                 f"grid values of {path!r} repeat {value!r}",
                 value=value,
                 fix="list each value once; repeated runs add nothing to a sweep",
                 field=f"grid.{path}",
             )
-    return values
+        seen.add(key)
 
 
 def _blame(where: str, combo: Mapping[str, Any]) -> str:
@@ -165,8 +185,9 @@ def expand_grid(
 
     Raises:
         ConfigError: the grid is empty or not a mapping, a path is unknown, a value list is not a
-            list, empty or repeats a value, a combination fails config validation, or there are more
-            than ``MAX_SWEEP_RUNS`` combinations.
+            list or empty, there are more than ``MAX_SWEEP_RUNS`` combinations (checked before
+            anything that grows with the lists), a list repeats a value (equal canonical JSON), or a
+            combination fails config validation.
         UnknownNameError: ``base["model"]`` is not a registered model, or a ``dataset.name`` value
             is not in ``datasets``.
     """
@@ -180,9 +201,6 @@ def expand_grid(
         )
     targets = {path: _check_path(path, model) for path in grid}
     values = {path: _check_values(path, grid[path]) for path in grid}
-    for name in values.get("dataset.name", []) if datasets is not None else []:
-        if name not in datasets:
-            raise UnknownNameError("dataset", str(name), list(datasets))
     count = math.prod(len(v) for v in values.values())
     if count > MAX_SWEEP_RUNS:
         raise ConfigError(
@@ -191,6 +209,11 @@ def expand_grid(
             fix=f"drop values or paths until the product of list lengths is <= {MAX_SWEEP_RUNS}",
             field="grid",
         )
+    for path, listed in values.items():
+        _check_repeats(path, listed)
+    for name in values.get("dataset.name", []) if datasets is not None else []:
+        if name not in datasets:
+            raise UnknownNameError("dataset", str(name), list(datasets))
     out: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for combination in itertools.product(*values.values()):
         combo = dict(zip(values, combination, strict=True))

@@ -8,8 +8,6 @@ with exact densities (:mod:`service.ml.mixtures1d`). User data arrives as JSON r
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import numbers
 import re
@@ -21,6 +19,7 @@ import torch
 from torch import Tensor
 
 from service.ml import mixtures1d, toy2d
+from service.ml.csv_text import csv_lines, decode_csv
 from service.ml.errors import DataError, UnknownNameError
 
 __all__ = [
@@ -276,17 +275,6 @@ def points_from_rows(
     return _tabulate(rows, labels, ("row 0", len(first)), _python_number, col_base=0, field=field, **limits)
 
 
-def _decode(data: bytes | str) -> str:
-    if isinstance(data, str):
-        return data
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        fix = "save the file as UTF-8 text"
-        raise _error(f"line {line} is not valid UTF-8 (byte {err.start})", fix, "file", err.start) from None
-
-
 def points_from_csv(
     data: bytes | str,
     *,
@@ -299,21 +287,17 @@ def points_from_csv(
     An optional header is a first line none of whose cells is a number. Blank lines are ignored.
     Lines and columns in messages are 1-based, as in an editor.
     """
-    reader = csv.reader(io.StringIO(_decode(data), newline=""), strict=True)
     header: tuple[str, int] | None = None
     labels: list[str] = []
     rows: list[list[str]] = []
-    try:
-        for cells in reader:
-            if all(not c.strip() for c in cells):
-                continue
-            if not rows and header is None and all(_text_number(c) is None for c in cells):
-                header = (f"line {reader.line_num} (the header)", len(cells))
-                continue
-            rows.append(cells)
-            labels.append(f"line {reader.line_num}")
-    except csv.Error as err:
-        raise _error(f"line {reader.line_num}: {err}", "use plain comma-separated numbers", "file") from None
+    for line, cells in csv_lines(decode_csv(data), "file", strict=True):
+        if all(not c.strip() for c in cells):
+            continue
+        if not rows and header is None and all(_text_number(c) is None for c in cells):
+            header = (f"line {line} (the header)", len(cells))
+            continue
+        rows.append(cells)
+        labels.append(f"line {line}")
     if not rows:
         raise _error(
             "the CSV has no data rows", "give one point per line, values separated by commas", "file"

@@ -107,6 +107,18 @@ class SolverConfig(BaseModel):
         """This config if adaptive, else dopri5 at the same rtol/atol (how trained models are served)."""
         return self if self.adaptive else self.model_copy(update={"method": "dopri5"})
 
+    def bounded(self, rtol_floor: float, atol_floor: float, max_num_steps: int) -> SolverConfig:
+        """This config with tolerances no tighter than the floors and at most ``max_num_steps``.
+
+        Serving's budget: a run trained at rtol = atol = 1e-12 with 100 000 steps must not make one
+        density query cost seconds to minutes."""
+        update = {
+            "rtol": max(self.rtol, rtol_floor),
+            "atol": max(self.atol, atol_floor),
+            "max_num_steps": min(self.max_num_steps, max_num_steps),
+        }
+        return self.model_copy(update=update)
+
 
 @dataclass
 class NfeCounter:

@@ -9,14 +9,13 @@ values, NaN or inf, too few points, rows with no value, empty input, too many ch
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from service.ml.csv_text import csv_lines, decode_csv
 from service.ml.errors import DataError
 from service.ml.series import Series, make_series
 
@@ -174,9 +173,8 @@ def series_from_csv(
     content: bytes | str, *, observed_fraction: float = 1.0, max_dim: int = MAX_SERIES_DIM
 ) -> list[Series]:
     """Parse long-format CSV ``series_id,time,value_1,...`` (series in order of first appearance)."""
-    text = content.decode("utf-8-sig") if isinstance(content, bytes) else content
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
+    reader = csv_lines(decode_csv(content, "file"), "csv")
+    header = next(reader, (1, None))[1]
     if header is None or not [h for h in header if h.strip()]:
         raise DataError("the CSV is empty", fix="upload series_id,time,value_1,... rows", field="csv")
     names = [h.strip().lower() for h in header]
@@ -189,7 +187,7 @@ def series_from_csv(
         )
     dim = len(names) - 2
     groups: dict[str, tuple[list[float], list[Row]]] = {}
-    for line_no, cells in enumerate(reader, start=2):
+    for line_no, cells in reader:
         if not cells or all(not c.strip() for c in cells):
             continue
         where = f"csv line {line_no}"

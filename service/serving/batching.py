@@ -22,8 +22,15 @@ pass's size as the goal, 16 clients settled into two alternating passes of 8 (me
 the solve's fixed cost, since the clients of one pass come back only after it is answered.
 A solve handed to another thread in the same process pays for it in GIL handoffs: torch releases the
 GIL around every op, and each reacquisition can wait for the busy event loop's switch interval
-(measured A/B: 15-67% more 1-point requests/s at 4 and 16 clients on the loop). A pass on the loop is bounded
-(few points, the solver's step budget); when the solver thread holds the model the requests go to it.
+(measured A/B: 15-67% more 1-point requests/s at 4 and 16 clients on the loop). A pass on the loop is bounded:
+few points, and at most ``inline_max_steps`` solver steps; a pass that needs more is abandoned and
+its requests go to the solver thread, as do all later small requests on that model (its solves are
+long: they would freeze every other request). When the solver thread holds the model the requests
+go to it too.
+
+Every served solve uses the model's ``query_solver``: the run's solver with tolerances no tighter
+than ``rtol_floor``/``atol_floor`` and at most ``max_num_steps`` steps (a run trained at 1e-12 with
+100 000 steps would otherwise answer one density query in seconds to minutes).
 
 Semantics the callers rely on:
 
@@ -38,6 +45,9 @@ Semantics the callers rely on:
 * Errors never poison a batch: when a merged pass fails (``SolverError`` on an extreme point, ...)
   each of its requests is run alone, so every request gets exactly the answer it would get alone.
 * Nothing hangs: a request not answered within ``timeout_s`` raises :class:`BatchTimeout`.
+* Peak memory is bounded: a pass whose estimate (``model.query_bytes_per_item``) is over
+  ``max_pass_bytes`` runs as consecutive model calls on chunks of that many points or samples (the
+  chunk sizes depend only on the request, so the same seed still gives the same samples).
 """
 
 from __future__ import annotations
@@ -55,32 +65,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from service.ml.errors import SolverError
+from service.ml.memory import chunk_size, split_sizes
 from service.ml.models import DensityModel
+from service.ml.ode import SolverConfig
+from service.serving.batch_policy import BatchPolicy, BatchTimeout
 
 __all__ = ["IDLE_EXIT_S", "BatchPolicy", "BatchTimeout", "Batcher"]
 
 IDLE_EXIT_S = 30.0
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """How requests are merged: points per pass, wait for companions, and the give-up time."""
-
-    max_points: int = 1024
-    max_wait_s: float = 0.005
-    timeout_s: float = 60.0
-    inline_max_points: int = 64  # small event-loop requests are merged and solved on the loop; 0: never
-
-    def __post_init__(self) -> None:
-        if self.max_points < 1 or self.max_wait_s < 0 or self.timeout_s <= 0 or self.inline_max_points < 0:
-            raise ValueError(
-                f"invalid {self}: need max_points >= 1, max_wait_s >= 0, timeout_s > 0 and "
-                "inline_max_points >= 0"
-            )
-
-
-class BatchTimeout(TimeoutError):
-    """A request was not answered within the policy's ``timeout_s``."""
 
 
 @dataclass(eq=False)
@@ -122,6 +115,20 @@ class Batcher:
         self._last_clients: set[Hashable] = set()
         self._inline_timer: asyncio.Handle | asyncio.TimerHandle | None = None
         self._loop: tuple[int, asyncio.AbstractEventLoop] | None = None  # (thread id, its running loop)
+        self._chunks: dict[str, int] = {}  # items per model call by query kind (memory budget)
+        self._inline_solver = self._bound_solver()
+        self._inline_heavy = False  # a loop pass ran past inline_max_steps: solve on the thread only
+
+    def _bound_solver(self) -> SolverConfig | None:
+        """Give the model its serving solver (the policy's floors and step budget); returns the
+        tighter budget of passes on the event loop (None: a model without a solver, in tests)."""
+        solver: SolverConfig | None = getattr(self.model, "solver", None)
+        if solver is None:
+            return None
+        policy = self.policy
+        served = solver.bounded(policy.rtol_floor, policy.atol_floor, policy.max_num_steps)
+        self.model.query_solver = served
+        return served.model_copy(update={"max_num_steps": min(served.max_num_steps, policy.inline_max_steps)})
 
     # -- request side -------------------------------------------------------------------------
 
@@ -139,7 +146,7 @@ class Batcher:
         ``client`` identifies the caller (its connection) across requests; None: a new one each time.
         """
         req = self._density(points, client)
-        if req.size <= self.policy.inline_max_points:
+        if req.size <= self.policy.inline_max_points and not self._inline_heavy:
             result = await self._inline_pass(req)
             if result is not None:
                 return result
@@ -234,12 +241,42 @@ class Batcher:
             for _, future in batch:
                 future.set_result(None)
             return
+        served = getattr(self.model, "query_solver", None)
         try:
-            outcomes = self._outcomes([req for req, _ in batch])
+            if served is not None:
+                # object.__setattr__: nn.Module's costs ~1.4 us, twice per loop pass.
+                object.__setattr__(self.model, "query_solver", self._inline_solver)
+            outcomes = self._inline_outcomes([req for req, _ in batch])
         finally:
+            if served is not None:
+                object.__setattr__(self.model, "query_solver", served)
             self._model_lock.release()
+        if outcomes is None:  # past the loop's step budget: the solver thread takes them all
+            self._inline_heavy = True
+            for _, future in batch:
+                future.set_result(None)
+            return
         _settle([future for _, future in batch], outcomes)
         self._answered(len(batch))
+
+    def _inline_outcomes(
+        self, batch: list[_Request]
+    ) -> list[tuple[Tensor | None, BaseException | None]] | None:
+        """One merged pass on the loop; None when it ran past ``inline_max_steps`` (a long solve
+        leaves the loop); other failures are isolated as in ``_outcomes``."""
+        try:
+            points = batch[0].points if len(batch) == 1 else torch.cat([r.points for r in batch])
+            values = self._call(lambda: self._log_prob(points))
+        except SolverError as error:
+            if _over_budget(error):
+                return None
+            isolated = [self._alone(r) for r in batch] if len(batch) > 1 else [(None, error)]
+        except Exception as error:
+            isolated = [self._alone(r) for r in batch] if len(batch) > 1 else [(None, error)]
+        else:
+            return [(v, None) for v in values.split([r.size for r in batch])]
+        over = any(_over_budget(error) for _, error in isolated)
+        return None if over else isolated
 
     # -- solver thread ------------------------------------------------------------------------
 
@@ -318,7 +355,7 @@ class Batcher:
         The caller holds the model lock."""
         if len(batch) > 1:
             try:
-                values = self._call(lambda: self.model.log_prob(torch.cat([r.points for r in batch])))
+                values = self._call(lambda: self._log_prob(torch.cat([r.points for r in batch])))
                 return [(v, None) for v in values.split([r.size for r in batch])]
             except Exception:
                 pass  # isolate the failure: every request gets its own answer
@@ -327,16 +364,48 @@ class Batcher:
     def _alone(self, req: _Request) -> tuple[Tensor | None, BaseException | None]:
         try:
             if req.kind == "sample":
-                generator = torch.Generator().manual_seed(req.seed)
-                return self._call(lambda: self.model.sample(req.size, generator)), None
-            return self._call(lambda: self.model.log_prob(req.points)), None
+                return self._call(lambda: self._sample(req.size, req.seed)), None
+            return self._call(lambda: self._log_prob(req.points)), None
         except Exception as error:
             return None, error
+
+    def _chunk(self, kind: str) -> int:
+        """Points (or samples) per model call within ``max_pass_bytes``; DataError if one is over."""
+        chunk = self._chunks.get(kind)
+        if chunk is None:
+            estimate = getattr(self.model, "query_bytes_per_item", None)  # duck-typed models: none
+            per_item = estimate(kind) if estimate is not None else 0
+            what = "point" if kind == "density" else "sample"
+            field = "points" if kind == "density" else "n"
+            budget = self.policy.max_pass_bytes
+            chunk = chunk_size(per_item, budget, what=what, field=field) if per_item else 1 << 62
+            self._chunks[kind] = chunk
+        return chunk
+
+    def _log_prob(self, points: Tensor) -> Tensor:
+        """``model.log_prob`` in chunks of ``_chunk("density")`` points (peak memory bounded)."""
+        chunk = self._chunk("density")
+        if points.shape[0] <= chunk:
+            return self.model.log_prob(points)
+        return torch.cat([self.model.log_prob(part) for part in points.split(chunk)])
+
+    def _sample(self, n: int, seed: int) -> Tensor:
+        """``n`` samples from one generator seeded ``seed``, drawn in chunks (sizes fixed by ``n``)."""
+        generator = torch.Generator().manual_seed(seed)
+        sizes = split_sizes(n, self._chunk("sample"))
+        if len(sizes) == 1:
+            return self.model.sample(n, generator)
+        return torch.cat([self.model.sample(size, generator) for size in sizes])
 
     def _call(self, fn: Callable[[], Tensor]) -> Tensor:
         with torch.no_grad():
             self.forward_passes += 1
             return fn()
+
+
+def _over_budget(error: BaseException | None) -> bool:
+    """The solve ran out of its step budget (on the loop: hand the requests to the thread)."""
+    return isinstance(error, SolverError) and error.field == "solver.max_num_steps"
 
 
 def _settle(

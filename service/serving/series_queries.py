@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from service.ml.errors import DataError
+from service.ml.memory import format_bytes, greedy_chunks
 from service.ml.series_io import series_from_json
 from service.schemas.json_values import json_floats
 from service.schemas.series import MAX_TRAJECTORY_TIMES, MAX_TRAJECTORY_VALUES, PredictRequest, SeriesIn
@@ -36,8 +37,13 @@ def split_missing(rows: Sequence[Sequence[float | None]]) -> tuple[list[list[flo
     return values, mask
 
 
-def predict(entry: CachedModel, body: PredictRequest) -> tuple[Nested, Nested]:
-    """Posterior predictive (mean, std), each (P, D), of one observed series at ``predict_times``."""
+def predict(entry: CachedModel, body: PredictRequest, budget: int | None = None) -> tuple[Nested, Nested]:
+    """Posterior predictive (mean, std), each (P, D), of one observed series at ``predict_times``.
+
+    ``budget``: bytes the query may be estimated at (``predict_bytes``); over it a ``DataError``
+    names ``n_samples`` and the largest count that fits (None: not checked)."""
+    if budget is not None:
+        _check_predict_memory(entry, body, budget)
     if len(body.values) != len(body.times):
         raise DataError(
             f"{len(body.times)} times but {len(body.values)} value rows",
@@ -74,6 +80,23 @@ def predict(entry: CachedModel, body: PredictRequest) -> tuple[Nested, Nested]:
             include_noise=body.include_noise,
         )
     return json_floats(mean), json_floats(std)
+
+
+def _check_predict_memory(entry: CachedModel, body: PredictRequest, budget: int) -> None:
+    cost = entry.model.predict_bytes  # type: ignore[attr-defined]
+    times, queries = len(body.times), len(body.predict_times)
+    estimate = cost(body.n_samples, times, queries)
+    if estimate <= budget:
+        return
+    fits = next((n for n in range(body.n_samples - 1, -1, -1) if cost(n, times, queries) <= budget), None)
+    fix = f"lower n_samples to <= {fits}" if fits else "ask for fewer predict_times"
+    raise DataError(
+        f"the prediction is estimated at {format_bytes(estimate)}, over the query memory budget of "
+        f"{format_bytes(budget)} (ODESERVE_QUERY_MEMORY_BYTES)",
+        value=estimate,
+        fix=f"{fix}, or split predict_times over several requests",
+        field="n_samples" if fits else "predict_times",
+    )
 
 
 def parse_times_param(text: str, field: str = "t") -> list[float]:
@@ -124,10 +147,23 @@ def trajectories(
     return list(times), json_floats(samples)
 
 
-def series_log_density(entry: CachedModel, series: Sequence[SeriesIn]) -> list[float | None]:
-    """Importance-weighted lower bound on each series' log-likelihood (nats, data units), (B,)."""
+def series_log_density(
+    entry: CachedModel, series: Sequence[SeriesIn], budget: int | None = None
+) -> list[float | None]:
+    """Importance-weighted lower bound on each series' log-likelihood (nats, data units), (B,).
+
+    The series are scored in consecutive chunks whose estimate (``bound_bytes``: the latent states
+    on each chunk's union time grid) is within ``budget`` bytes (None: one pass); all chunks draw
+    from one generator seeded 0, so one chunk gives what one pass gave. A single series over the
+    budget is a ``DataError`` naming it."""
     raw = [item.model_dump() for item in series]
     parsed = series_from_json(raw, observed_fraction=1.0)
+    chunks = [(0, len(parsed))]
+    if budget is not None:
+        cost = entry.model.bound_bytes  # type: ignore[attr-defined]
+        lengths = [len(s) for s in parsed]
+        chunks = greedy_chunks(lengths, cost, budget, what="series", field="series")
+    generator = torch.Generator().manual_seed(0)
     with entry.lock, torch.no_grad():
-        bound = entry.model.log_prob(parsed)
+        bound = torch.cat([entry.model.log_prob(parsed[a:b], generator) for a, b in chunks])  # type: ignore[call-arg]
     return json_floats(bound)

@@ -113,6 +113,44 @@ def test_invalid_grids_raise_config_error(grid: dict, field: str, message: str) 
     assert info.value.fix
 
 
+def test_the_run_limit_is_checked_before_repeats() -> None:
+    """100 000 seeds used to be scanned for repeats pairwise (minutes of CPU) before the count check."""
+    with pytest.raises(ConfigError, match="more than the limit") as info:
+        expand_grid(BASE, {"training.seed": [0] * 100_000})
+    assert info.value.field == "grid" and info.value.value == 100_000
+
+
+class _CountingFloat(float):
+    """A float that counts how often it is compared with ``==``."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        _CountingFloat.comparisons += 1
+        return float.__eq__(self, other)
+
+    __hash__ = float.__hash__
+
+
+def test_repeats_are_found_without_pairwise_comparison() -> None:
+    _CountingFloat.comparisons = 0
+    values = [_CountingFloat(10.0 ** -(i % 60 + 1)) for i in range(MAX_SWEEP_RUNS)]  # repeats at 60
+    with pytest.raises(ConfigError, match="repeat") as info:
+        expand_grid(BASE, {"solver.atol": values})
+    assert info.value.value == 1e-1 and info.value.field == "grid.solver.atol"
+    assert _CountingFloat.comparisons < MAX_SWEEP_RUNS  # pairwise: ~1800
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[1, 1.0], [{"a": 1, "b": [2]}, {"b": [2], "a": 1}], [[8, 8], [8.0, 8]]],
+    ids=["int and float", "key order", "nested"],
+)
+def test_equal_values_written_differently_are_repeats(values: list) -> None:
+    with pytest.raises(ConfigError, match="repeat"):
+        expand_grid(BASE, {"model_config.hidden_dims": values})
+
+
 def test_invalid_base_value_points_at_the_base() -> None:
     base = {**BASE, "training": {"batch_size": -1}}
     with pytest.raises(ConfigError) as info:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from service.db import repository as repo
+from service.db.models import RunMetricRow
 from service.ml.models import MODELS
 
 
@@ -105,3 +106,30 @@ def test_a_run_without_solver_gets_its_models_default(client, queue, tiny_run):
     for run_id in (run["id"], partial["id"]):
         client.post(f"/runs/{run_id}/cancel")
     queue.queued.clear()
+
+
+def test_metrics_history_is_paginated_with_a_next_link(client, queue, sessions, tiny_run, problem):
+    """A long history comes in pages (default 1000 iterations) linked by ``Link: rel="next"``."""
+    run = client.post("/train", json={**tiny_run, "name": "long history"}).json()
+    queue.queued.remove(run["id"])
+    with sessions() as session:
+        session.add_all(
+            RunMetricRow(run_id=run["id"], iteration=i, wall_s=0.1 * i, loss=1.0, nfe_forward=2,
+                         nfe_backward=3, extra={})
+            for i in range(1, 2501)
+        )  # fmt: skip
+        session.commit()
+    first = client.get(f"/runs/{run['id']}/metrics")
+    assert first.status_code == 200 and len(first.json()) == 1000
+    seen, link = [h["iteration"] for h in first.json()], first.headers.get("link")
+    while link:
+        assert link.endswith('>; rel="next"')
+        page = client.get(link[1 : link.index(">")])
+        seen += [h["iteration"] for h in page.json()]
+        link = page.headers.get("link")
+    assert seen == list(range(1, 2501))
+    small = client.get(f"/runs/{run['id']}/metrics", params={"limit": 7, "after": 2495})
+    assert [h["iteration"] for h in small.json()] == list(range(2496, 2501)) and "link" not in small.headers
+    problem(client.get(f"/runs/{run['id']}/metrics", params={"limit": 10_001}), 422, "limit")
+    problem(client.get(f"/runs/{run['id']}/metrics", params={"after": -1}), 422, "after")
+    assert client.delete(f"/runs/{run['id']}").status_code == 204

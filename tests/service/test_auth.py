@@ -122,3 +122,41 @@ def test_cors_is_off_by_default_and_explicit_when_on(client, settings, sessions)
         ok = cors.get("/livez", headers={"Origin": "https://ui.example"})
         assert ok.headers["access-control-allow-origin"] == "https://ui.example"
         assert "access-control-allow-origin" not in cors.options("/train", headers=preflight).headers
+
+
+TINY_TRAIN = {
+    "model": "ffjord",
+    "dataset": {"name": "8gaussians", "n_train": 300, "n_test": 50},
+    "model_config": {"hidden_dims": [8]},
+    "training": {"iterations": 3, "batch_size": 32},
+}
+
+
+def test_idempotency_keys_are_scoped_to_the_api_key(keyed, problem):
+    """Two clients choosing the same Idempotency-Key never see each other's runs."""
+    key = {"Idempotency-Key": f"retry-{uuid.uuid4()}"}
+    alpha = {"Authorization": f"Bearer {KEYS[0]}", **key}
+    beta = {"Authorization": f"Bearer {KEYS[1]}", **key}
+    first = keyed.post("/train", json=TINY_TRAIN, headers=alpha)
+    other = keyed.post("/train", json=TINY_TRAIN, headers=beta)
+    assert first.status_code == other.status_code == 202, (first.text, other.text)
+    assert other.json()["id"] != first.json()["id"] and "idempotent-replayed" not in other.headers
+    again = keyed.post("/train", json=TINY_TRAIN, headers=alpha)
+    assert again.json()["id"] == first.json()["id"] and again.headers["idempotent-replayed"] == "true"
+    different = keyed.post("/train", json={**TINY_TRAIN, "name": "beta's own"}, headers=beta)
+    body = problem(different, 409, "Idempotency-Key")  # beta's own earlier request, not alpha's
+    assert first.json()["id"] not in body["detail"]
+    for run in (first, other):
+        assert keyed.delete(f"/runs/{run.json()['id']}", headers=RIGHT).status_code == 204
+
+
+def test_a_logged_request_path_cannot_forge_log_lines(keyed, caplog):
+    """A decoded %0a in the path would start a new log line: it is logged escaped."""
+    with caplog.at_level(logging.WARNING, logger="service.api.auth"):
+        response = keyed.post("/runs/x%0aINFO%20forged%20line%0d%1b[2J/cancel", headers=WRONG)
+    assert response.status_code == 403
+    lines = [record.getMessage() for record in caplog.records if "unknown API key" in record.getMessage()]
+    assert lines, caplog.text
+    for line in lines:
+        assert "\n" not in line and "\r" not in line and "\x1b" not in line
+        assert "\\nINFO forged line\\r\\x1b" in line

@@ -7,10 +7,15 @@ path-like and SQL-looking ids, NUL characters, empty bodies. The client's body l
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import httpx
 import pytest
+from fastapi.testclient import TestClient
 from placeholders import RUN, fill  # tests/service is on sys.path (rootless test dir)
+
+from service.api.main import create_app
 
 TRAIN = {
     "model": "ffjord",
@@ -67,6 +72,8 @@ CASES: list[tuple[str, tuple, set[int]]] = [
     ("dataset as text/csv body", _raw("POST", "/datasets", b"1,2\n" * 20, "text/csv"), {415}),
     ("invalid UTF-8 in CSV", ("POST", "/datasets",
                               {"files": {"file": ("d.csv", b"\xff\xfe" + b"1,2\n" * 20)}}), {422}),
+    ("invalid UTF-8 in series CSV", ("POST", "/datasets",
+                                     {"files": {"file": ("s.csv", b"series_id,time,v\n\xff,1,1\n")}}), {422}),
     ("invalid UTF-8 in JSON upload", _raw("POST", "/datasets", b'{"name": "\xff", "points": [[1, 2]]}'),
      {400, 422}),
     ("invalid UTF-8 in /train", _raw("POST", "/train", b'{"model": "\xff\xfe"}'), {400, 422}),
@@ -106,6 +113,37 @@ def test_hostile_input_is_a_4xx_problem(client, trained_run, request_, statuses)
     assert body["status"] == response.status_code and body["detail"]
 
 
+@pytest.fixture(scope="module")
+def roomy_client(settings, sessions, queue):
+    """The app with a 1 MiB body limit, so bodies with one huge CSV cell get past the 413."""
+    app = create_app(settings.model_copy(update={"max_upload_bytes": 1 << 20}), session_factory=sessions,
+                     dispatcher=queue)  # fmt: skip
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"series_id,time,v\na,0,1\na,1," + b"9" * 200_000 + b"\na,2,1\nb,0,1\nb,1,1\nb,2,1\n",
+        b'series_id,time,v\na,0,1\na,1,"' + b"x" * 200_000 + b'"\nb,0,1\nb,1,1\nb,2,1\n',
+        b"x,y\n1,2\n3," + b"4" * 200_000 + b"\n5,6\n",
+    ],
+    ids=["series number", "series quoted", "points"],
+)
+def test_csv_cell_over_the_csv_field_limit_is_a_422(roomy_client, problem, content):
+    """Python's csv refuses cells over 131 072 characters: the answer names the line, not a 500."""
+    response = roomy_client.post("/datasets", files={"file": ("s.csv", content)})
+    body = problem(response, 422)
+    assert "line 3" in body["detail"] and "characters" in body["detail"], body
+
+
+def test_series_csv_with_invalid_utf8_names_the_line(client, problem):
+    response = client.post("/datasets", files={"file": ("s.csv", b"series_id,time,v\na,0,1\n\xff,1,1\n")})
+    body = problem(response, 422, "file")
+    assert "line 3" in body["detail"] and "UTF-8" in body["detail"], body
+
+
 def test_sql_looking_text_is_just_text(client, trained_run):
     """Free-text filters and labels are bound parameters: SQL in them matches nothing and breaks nothing."""
     listed = client.get("/runs", params={"dataset": "x' OR '1'='1"})
@@ -122,3 +160,71 @@ def test_service_is_healthy_after_the_table(client, trained_run):
     assert response.status_code == 200 and len(response.json()["log_density"]) == 2
     sample = client.get("/sample", params={"run_id": trained_run["id"], "n": 4, "seed": 1})
     assert sample.status_code == 200 and len(sample.json()["samples"]) == 4
+
+
+def _chunked_multipart(total: int, sent: list[int]) -> tuple[dict[str, str], object]:
+    """A CSV upload of ``total`` bytes sent chunked (no Content-Length); ``sent`` counts chunks."""
+    boundary = "odeserve-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.csv"\r\n'
+        "Content-Type: text/csv\r\n\r\n"
+    ).encode()
+    chunk = b"1,2\n" * 256  # 1 KiB
+
+    async def body():
+        yield head
+        for _ in range(total // len(chunk)):
+            sent.append(1)
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    return {"content-type": f"multipart/form-data; boundary={boundary}"}, body()
+
+
+def _post_streamed(app, path: str, headers: dict[str, str], body) -> httpx.Response:
+    """POST through httpx's ASGI transport, which reads the body lazily (TestClient reads it all)."""
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await http.post(path, content=body, headers=headers)
+
+    return asyncio.run(post())
+
+
+def test_chunked_upload_is_refused_once_past_the_limit_not_after_spooling(client, settings, problem):
+    """No Content-Length: the 413 comes as soon as the limit is passed; the rest is never read."""
+    sent: list[int] = []
+    headers, body = _chunked_multipart(TEN_MB, sent)
+    response = _post_streamed(client.app, "/datasets", headers, body)
+    problem(response, 413, "file")
+    assert "content-length" not in response.request.headers
+    limit_chunks = settings.max_upload_bytes // 1024
+    assert len(sent) <= limit_chunks + 2, f"read {len(sent)} KiB of a {TEN_MB // 1024} KiB body"
+
+
+def test_chunked_upload_under_the_limit_is_accepted(client):
+    sent: list[int] = []
+    headers, body = _chunked_multipart(8 * 1024, sent)
+    response = _post_streamed(client.app, "/datasets", headers, body)
+    assert response.status_code == 201, response.text
+    assert response.json()["n"] == 8 * 256 and len(sent) == 8
+
+
+def test_problem_details_never_name_server_paths(roomy_client, settings, trained_run, problem):
+    """An OSError text inside a domain error (as checkpoint loading wraps them) leaves as a basename."""
+    app = roomy_client.app
+    secret = str(settings.models_store.resolve() / "runs" / trained_run["id"] / "model.pt")
+
+    @app.get("/test-only/raise-checkpoint-error")
+    def _raise() -> None:
+        from service.ml.errors import CheckpointError
+
+        raise CheckpointError(
+            f"cannot read model.pt: [Errno 13] Permission denied: '{secret}'", fix="retrain the run"
+        )
+
+    body = problem(roomy_client.get("/test-only/raise-checkpoint-error"), 409, "run_id")
+    text = json.dumps(body)
+    assert secret not in text and str(settings.models_store.resolve()) not in text, text
+    assert "'<server path>/model.pt'" in body["detail"] and "retrain the run" in body["detail"]

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.types import Message
 from torch import Tensor
 
 from service.api.auth import RequireWriteKey
@@ -135,15 +136,39 @@ def _is_series_csv(content: bytes) -> bool:
     return first.split(b",", 1)[0].strip().lower() == b"series_id"
 
 
+def _limited(request: Request, limit: int) -> Request:
+    """``request`` whose body raises 413 as soon as more than ``limit`` bytes have arrived.
+
+    The multipart parser spools a file part to disk as it reads; a chunked body (no
+    ``Content-Length``) is refused mid-stream instead of after it was stored whole."""
+    receive, received = request.receive, 0
+
+    async def limited() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _too_large(limit)
+        return message
+
+    return Request(request.scope, limited)
+
+
 async def _from_form(request: Request, limit: int) -> tuple[str, Tensor | list[Series]]:
-    form = await request.form(max_files=1, max_fields=4)
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise ApiError(422, "validation_error", "no file in the form", errors=[("file", "attach a CSV file")])
-    content = await upload.read(limit + 1)
+    form = await _limited(request, limit).form(max_files=1, max_fields=4)
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(
+                422, "validation_error", "no file in the form", errors=[("file", "attach a CSV file")]
+            )
+        content = await upload.read(limit + 1)
+        name_field = form.get("name")
+    finally:
+        await form.close()
     if len(content) > limit:
         raise _too_large(limit)
-    name_field = form.get("name")
     name = str(name_field) if isinstance(name_field, str) and name_field else (upload.filename or "upload")
     if _is_series_csv(content):
         series = await run_in_threadpool(series_from_csv, content)

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
-from service.api.deps import ModelCacheDep, SessionFactoryDep
+from service.api.deps import ModelCacheDep, SessionFactoryDep, SettingsDep
 from service.api.serving import log_density_async, model_json, served_model, served_model_async
 from service.db import SessionFactory
 from service.ml.data import FLOAT32_OVERFLOW, MAX_DIM, points_from_rows
@@ -90,24 +90,32 @@ async def density_get(
 
 @router.post("/density", response_model=DensityOut, responses=ERRORS)
 async def density_post(
-    request: Request, body: DensityRequest, sessions: SessionFactoryDep, cache: ModelCacheDep
+    request: Request,
+    body: DensityRequest,
+    sessions: SessionFactoryDep,
+    cache: ModelCacheDep,
+    settings: SettingsDep,
 ) -> DensityOut | Response:
     """Like ``GET /density`` for up to ``MAX_DENSITY_POINTS`` points in a JSON body.
 
     For a latent ODE run send ``series`` instead: each gets a lower bound on its log-likelihood.
     """
     if body.series is not None:
-        return await run_in_threadpool(_series_density, body, sessions, cache)
+        budget = settings.query_memory_bytes
+        return await run_in_threadpool(_series_density, body, sessions, cache, budget)
     points = await _off_loop_if_large(len(body.points), _parse_post, body.points)
     row, entry = await served_model_async(sessions, cache, body.run_id)
     values = await log_density_async(entry, points, "points", request.client)
     return model_json(DensityOut.model_construct(run_id=row.id, log_density=values))
 
 
-def _series_density(body: DensityRequest, sessions: SessionFactory, cache: ModelCache) -> DensityOut:
+def _series_density(
+    body: DensityRequest, sessions: SessionFactory, cache: ModelCache, budget: int
+) -> DensityOut:
     with sessions() as session:
         row, entry = served_model(session, cache, body.run_id, kind="series")
-        return DensityOut(run_id=row.id, log_density=series_log_density(entry, body.series))
+        assert body.series is not None
+        return DensityOut(run_id=row.id, log_density=series_log_density(entry, body.series, budget))
 
 
 LOOP_PARSE_MAX_POINTS = 64  # larger inputs are parsed in the threadpool (about 2 us per point)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import ModelCacheDep, SessionDep
+from service.api.deps import ModelCacheDep, SessionDep, SettingsDep
 from service.api.serving import served_model
 from service.schemas.runs import Problem
 from service.schemas.series import (
@@ -32,12 +32,15 @@ router = APIRouter(tags=["queries"])
             "description": (
                 "Invalid series (unsorted times, ragged values, NaN), limits exceeded (times: "
                 f"{MAX_SERIES_POINTS}, predict_times: {MAX_PREDICT_TIMES}, n_samples: "
-                f"{MAX_PREDICT_SAMPLES}), or a run that is not a latent ODE"
+                f"{MAX_PREDICT_SAMPLES}), a query estimated over ODESERVE_QUERY_MEMORY_BYTES (the "
+                "problem names the n_samples that fits), or a run that is not a latent ODE"
             ),
         },
     },
 )
-def predict_post(body: PredictRequest, session: SessionDep, cache: ModelCacheDep) -> PredictOut:
+def predict_post(
+    body: PredictRequest, session: SessionDep, cache: ModelCacheDep, settings: SettingsDep
+) -> PredictOut:
     """Condition a latent ODE run on ``times``/``values`` and predict at ``predict_times``.
 
     Query times inside the observed span interpolate, later ones extrapolate. ``mean`` and ``std``
@@ -46,7 +49,7 @@ def predict_post(body: PredictRequest, session: SessionDep, cache: ModelCacheDep
     answer.
     """
     row, entry = served_model(session, cache, body.run_id, kind="series")
-    mean, std = predict(entry, body)
+    mean, std = predict(entry, body, settings.query_memory_bytes)
     return PredictOut(
         run_id=row.id,
         predict_times=body.predict_times,

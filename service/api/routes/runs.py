@@ -26,6 +26,8 @@ router = APIRouter(tags=["runs"])
 
 NOT_FOUND = {404: {"model": Problem, "description": "Unknown run"}}
 MAX_LIMIT = 500
+DEFAULT_METRICS_LIMIT = 1000
+MAX_METRICS_LIMIT = 10_000
 
 
 def _encode_cursor(row: RunRow) -> str:
@@ -88,11 +90,45 @@ def cancel_run(run_id: uuid.UUID, session: SessionDep, _: RequireWriteKey) -> Ru
     return RunOut.from_row(row)
 
 
-@router.get("/runs/{run_id}/metrics", response_model=list[MetricPoint], responses=NOT_FOUND)
-def run_metrics(run_id: uuid.UUID, session: SessionDep) -> list[MetricPoint]:
-    """Per-iteration loss, wall clock and NFE (written every few iterations while running)."""
+@router.get(
+    "/runs/{run_id}/metrics",
+    response_model=list[MetricPoint],
+    responses={
+        200: {
+            "description": "One page of the history, by iteration",
+            "headers": {
+                "Link": {
+                    "description": 'rel="next": the following page (absent on the last one)',
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        **NOT_FOUND,
+        422: {"model": Problem, "description": "limit or after out of range"},
+    },
+)
+def run_metrics(
+    run_id: uuid.UUID,
+    response: Response,
+    session: SessionDep,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_METRICS_LIMIT, description="Iterations per page.")
+    ] = DEFAULT_METRICS_LIMIT,
+    after: Annotated[
+        int | None, Query(ge=0, description="Start after this iteration (the next link sets it).")
+    ] = None,
+) -> list[MetricPoint]:
+    """Per-iteration loss, wall clock and NFE (written every few iterations while running).
+
+    The body stays a list (``API.md``); it holds at most ``limit`` iterations, and a ``Link``
+    header with ``rel="next"`` points at the following page while there is one."""
     get_run_or_404(session, run_id)
-    return [MetricPoint.from_row(r) for r in repo.run_metrics(session, str(run_id))]
+    rows = repo.run_metrics(session, str(run_id), limit=limit + 1, after=after)
+    if len(rows) > limit:
+        rows = rows[:limit]
+        query = urlencode({"limit": limit, "after": rows[-1].iteration})
+        response.headers["Link"] = f'</runs/{run_id}/metrics?{query}>; rel="next"'
+    return [MetricPoint.from_row(r) for r in rows]
 
 
 @router.delete(

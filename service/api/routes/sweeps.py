@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from service.api.auth import RequireWriteKey
-from service.api.deps import DispatcherDep, SessionDep, StoreDep
+from service.api.deps import DispatcherDep, SessionDep, SettingsDep, StoreDep
 from service.api.errors import ApiError, validation_errors
 from service.api.routes.plots import PngResponse
 from service.api.routes.train import run_fields
@@ -63,7 +63,9 @@ def _field(loc: str, combo: dict[str, Any]) -> str:
     return f"base.{loc}"
 
 
-def _combination(session: Session, request: dict[str, Any], combo: dict[str, Any]) -> dict[str, Any]:
+def _combination(
+    session: Session, request: dict[str, Any], combo: dict[str, Any], memory_budget: int
+) -> dict[str, Any]:
     """Validate one combination like ``POST /train``; returns its run fields (errors name the field)."""
     try:
         parsed = TrainRequest.model_validate(request)
@@ -73,7 +75,7 @@ def _combination(session: Session, request: dict[str, Any], combo: dict[str, Any
             422, "validation_error", f"invalid sweep combination {combo}: {errors[0][1]}", errors=errors
         ) from None
     try:
-        return run_fields(session, parsed)
+        return run_fields(session, parsed, memory_budget)
     except OdeServeError as exc:
         exc.field = _field(exc.field or "body", combo)
         raise
@@ -100,6 +102,7 @@ def create_sweep(
     response: Response,
     session: SessionDep,
     dispatcher: DispatcherDep,
+    settings: SettingsDep,
     _: RequireWriteKey,
 ) -> SweepOut:
     """Create one run per grid combination and queue them; poll ``Location`` for the table."""
@@ -112,7 +115,7 @@ def create_sweep(
     sweep_id = str(uuid.uuid4())
     runs = []
     for index, (request, combo) in enumerate(combos):
-        fields = _combination(session, request, combo)
+        fields = _combination(session, request, combo, settings.train_memory_bytes)
         fields |= {"name": _label(body.name, combo), "sweep_id": sweep_id, "sweep_index": index}
         runs.append(fields | {"sweep_values": combo})
     sweep = {

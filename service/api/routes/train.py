@@ -9,25 +9,28 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from service.api.auth import RequireWriteKey
-from service.api.deps import DispatcherDep, SessionDep
+from service.api.auth import Principal
+from service.api.deps import DispatcherDep, SessionDep, SettingsDep
 from service.api.errors import ApiError
 from service.db import repository as repo
 from service.ml.errors import ConfigError
+from service.ml.memory import check_training_memory
 from service.ml.models import MODELS, parse_model_config
+from service.ml.ode import SolverConfig
 from service.schemas.runs import BUILTIN_DATASETS, Problem, RunOut, TrainRequest
 
-__all__ = ["router", "run_fields"]
+__all__ = ["router", "run_fields", "scoped_key"]
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["runs"])
 
 
-def _dataset(session: Session, request: TrainRequest) -> tuple[dict[str, Any], str, str | None]:
-    """(stored dataset reference, its kind, uploaded dataset id or None)."""
+def _dataset(session: Session, request: TrainRequest) -> tuple[dict[str, Any], str, str | None, int]:
+    """(stored dataset reference, its kind, uploaded dataset id or None, its dimension)."""
     ref = request.dataset
     if ref.id is not None:
         row = repo.get_dataset(session, str(ref.id))
@@ -38,11 +41,18 @@ def _dataset(session: Session, request: TrainRequest) -> tuple[dict[str, Any], s
                 f"no uploaded dataset with id {ref.id}",
                 errors=[("dataset.id", "unknown dataset id; see GET /datasets")],
             )
-        return {"id": row.id, "name": row.name}, row.kind, row.id
+        return {"id": row.id, "name": row.name}, row.kind, row.id, row.dim
     name = ref.name.value  # type: ignore[union-attr]
     stored: dict[str, Any] = {"name": name}
     stored |= {k: v for k, v in (("n_train", ref.n_train), ("n_test", ref.n_test)) if v is not None}
-    return stored, BUILTIN_DATASETS[name][0], None
+    kind, dim, _ = BUILTIN_DATASETS[name]
+    return stored, kind, None, dim
+
+
+def scoped_key(principal: str, idempotency_key: str) -> str:
+    """What the ``runs`` row stores for an ``Idempotency-Key``: a digest of the caller's principal
+    and the key, so equal keys of two API keys are two keys (64 hex; the column holds 200)."""
+    return hashlib.sha256(f"{principal}\0{idempotency_key}".encode()).hexdigest()
 
 
 def _request_digest(request: TrainRequest) -> str:
@@ -50,18 +60,20 @@ def _request_digest(request: TrainRequest) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def run_fields(session: Session, request: TrainRequest) -> dict[str, Any]:
+def run_fields(session: Session, request: TrainRequest, memory_budget: int | None = None) -> dict[str, Any]:
     """Validate ``request`` beyond its schema and return the ``runs`` row fields of a new run.
 
     Shared by ``POST /train`` and ``POST /sweeps`` (one run per grid combination).
+    ``memory_budget``: bytes a training step may be estimated at (None: not checked).
 
     Raises:
-        ConfigError: invalid model config, or a dataset of the wrong kind for the model.
+        ConfigError: invalid model config, a dataset of the wrong kind for the model, or a training
+            step estimated over ``memory_budget`` (field ``training.batch_size``).
         ApiError: 422 for an unknown uploaded dataset id.
     """
     model_name = request.model.value
     model_config = parse_model_config(model_name, request.model_params)
-    dataset, kind, dataset_id = _dataset(session, request)
+    dataset, kind, dataset_id, dim = _dataset(session, request)
     wanted = MODELS[model_name].data_kind
     if kind != wanted:
         compatible = sorted(n for n, (k, _, _) in BUILTIN_DATASETS.items() if k == wanted)
@@ -71,6 +83,9 @@ def run_fields(session: Session, request: TrainRequest) -> dict[str, Any]:
             fix=f"use a {wanted} dataset, e.g. one of: {', '.join(compatible)}",
             field="dataset",
         )
+    solver = request.resolved_solver()
+    if memory_budget is not None:
+        _check_memory(model_name, model_config, dim, solver, request.training.batch_size, memory_budget)
     return {
         "id": str(uuid.uuid4()),
         "name": request.name,
@@ -79,11 +94,27 @@ def run_fields(session: Session, request: TrainRequest) -> dict[str, Any]:
         "dataset_name": dataset["name"],
         "dataset_id": dataset_id,
         "model_config": model_config.model_dump(mode="json"),
-        "solver": request.resolved_solver().model_dump(mode="json"),
+        "solver": solver.model_dump(mode="json"),
         "training": request.training.model_dump(mode="json"),
         "total": request.training.iterations,
         "request_sha256": _request_digest(request),
     }
+
+
+def _check_memory(
+    model_name: str, config: BaseModel, dim: int, solver: SolverConfig, batch_size: int, budget: int
+) -> None:
+    """422 (``ConfigError`` on ``training.batch_size``) when a step is estimated over ``budget``."""
+    cls = MODELS[model_name]
+    per_item = cls.training_bytes_per_item(config, dim, solver)
+    if per_item is None:
+        return
+    adjoint = (
+        None
+        if solver.adjoint
+        else cls.training_bytes_per_item(config, dim, solver.model_copy(update={"adjoint": True}))
+    )
+    check_training_memory(per_item, batch_size, budget, adjoint_per_item=adjoint)
 
 
 @router.post(
@@ -92,7 +123,11 @@ def run_fields(session: Session, request: TrainRequest) -> dict[str, Any]:
     response_model=RunOut,
     responses={
         409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
-        422: {"model": Problem, "description": "Invalid request"},
+        422: {
+            "model": Problem,
+            "description": "Invalid request, or a training step estimated over the memory budget "
+            "(ODESERVE_TRAIN_MEMORY_BYTES; the problem gives the estimate and the batch size that fits)",
+        },
     },
 )
 def train(
@@ -100,17 +135,21 @@ def train(
     response: Response,
     session: SessionDep,
     dispatcher: DispatcherDep,
-    _: RequireWriteKey,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    settings: SettingsDep,
+    principal: Principal,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=200, description="Scoped to the caller's API key.")
+    ] = None,
 ) -> RunOut:
     """Queue a training run; poll ``Location`` (``GET /runs/{id}``) for its progress.
 
     The run is recorded before it is published, so it is accepted even while the broker is down: it
     stays ``queued`` and the workers' reconciler publishes it once the broker is back.
     """
-    fields = run_fields(session, request)
+    fields = run_fields(session, request, settings.train_memory_bytes)
     try:
-        row, created = repo.create_run(session, **fields, idempotency_key=idempotency_key)
+        scoped = None if idempotency_key is None else scoped_key(principal, idempotency_key)
+        row, created = repo.create_run(session, **fields, idempotency_key=scoped)
     except repo.IdempotencyConflict as exc:
         raise ApiError(
             409,

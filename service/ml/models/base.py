@@ -48,6 +48,8 @@ class DensityModel(nn.Module, ABC):
     data_kind: ClassVar[str] = "points"
     # The solver a run gets when its request names none (per model: the measured winner).
     default_solver: ClassVar[SolverConfig] = SolverConfig()
+    # Set by serving: the bounded solver of no-grad queries (None: ``solver``, as in training).
+    query_solver: SolverConfig | None = None
 
     def __init__(self, config: BaseModel, dim: int, solver: SolverConfig) -> None:
         super().__init__()
@@ -71,6 +73,18 @@ class DensityModel(nn.Module, ABC):
     @abstractmethod
     def evaluate(self, data: Any, generator: torch.Generator) -> dict[str, float]:
         """Held-out metrics, at least ``test_nll`` (nats per item)."""
+
+    @classmethod
+    def training_bytes_per_item(cls, config: BaseModel, dim: int, solver: SolverConfig) -> int | None:
+        """Estimated peak bytes one batch item adds to a training step (None: no estimate).
+
+        Checked against ``ODESERVE_TRAIN_MEMORY_BYTES`` when a run is accepted (``service.ml.memory``)."""
+        return None
+
+    def query_bytes_per_item(self, kind: str) -> int:
+        """Estimated peak bytes one point (``kind`` "density") or one sample ("sample") adds to a
+        no-grad query; serving splits larger queries into chunks within its budget (0: unbounded)."""
+        return 0
 
     def prepare(self, data: Any) -> None:  # noqa: B027 - optional hook
         """Called by ``fit`` once before the first step (e.g. to fit a data normalisation)."""

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from service.ml.divergence import hutchinson_divergence, sample_noise, standard_normal
 from service.ml.inference import solve_inference
+from service.ml.memory import FLOAT_BYTES, SAFETY, evaluations_kept
 from service.ml.models.base import DensityModel, LossOutput, Width, standard_normal_log_prob
 from service.ml.nets import LeanJacobianNet, ODENet, build_odenet
 from service.ml.ode import SOLVERS, NfeCounter, SolverConfig, State, solve
@@ -133,6 +134,13 @@ class FFJORDConfig(BaseModel):
         return self.kinetic_weight > 0 or self.jacobian_weight > 0
 
 
+def _lean_floats(config: FFJORDConfig, dim: int) -> int:
+    """Floats per point of a no-grad exact-trace solve: the lean net's tangent buffers and slopes,
+    and dopri5's stages of ``(x, logdet)``."""
+    hidden = sum(config.hidden_dims)
+    return (1 + dim) * (2 * dim + hidden) + hidden + 12 * (dim + 1)
+
+
 class CNFDynamics(nn.Module):
     """Right-hand side of the augmented ODE.
 
@@ -206,6 +214,28 @@ class FFJORD(DensityModel):
         self.register_buffer("scale", torch.ones(dim))
         self.register_buffer("step_scale", torch.ones(()))  # fixed-step training: the step check's shrinking
 
+    @classmethod
+    def training_bytes_per_item(cls, config: BaseModel, dim: int, solver: SolverConfig) -> int | None:
+        """Activations of every kept evaluation: hidden states and, for the exact trace, their
+        ``D`` tangents; evaluations kept as ``memory.evaluations_kept`` (T: its cap when learnt)."""
+        assert isinstance(config, FFJORDConfig)
+        hidden = sum(config.hidden_dims) + dim
+        per_eval = 2 * hidden * (dim + 1) if config.divergence == "exact" else 4 * hidden + 2 * dim
+        span = config.integration_time
+        if config.learn_integration_time and config.max_integration_time is not None:
+            span = max(span, config.max_integration_time)
+        floats = per_eval * evaluations_kept(solver, span) + _lean_floats(config, dim)
+        return FLOAT_BYTES * SAFETY * floats
+
+    def query_bytes_per_item(self, kind: str) -> int:
+        """Density: the lean exact-trace buffers ``(1 + D, B, width)`` per layer; sample: the field's
+        hidden states; both plus the dopri5 stages of the state."""
+        if kind == "sample":
+            floats = 2 * sum(self.config.hidden_dims) + 12 * self.dim
+        else:
+            floats = _lean_floats(self.config, self.dim)
+        return FLOAT_BYTES * SAFETY * floats
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # Checkpoints written before the step check have no step_scale: their step was never shrunk.
         state_dict.setdefault(prefix + "step_scale", torch.ones(()))
@@ -265,7 +295,8 @@ class FFJORD(DensityModel):
             try:
                 # ``forward`` directly: nn.Module.__call__'s hook checks cost ~2 % of a small solve.
                 dynamics = self.dynamics.forward
-                return solve_inference(dynamics, state, times, self.solver.as_adaptive(), self.nfe)
+                config = (self.query_solver or self.solver).as_adaptive()
+                return solve_inference(dynamics, state, times, config, self.nfe)
             finally:
                 self.dynamics.lean = None
                 if lean is not None:

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from service.ml.errors import DataError
+from service.ml.memory import FLOAT_BYTES, SAFETY
 from service.ml.models.base import DensityModel, LossOutput, Width, standard_normal_log_prob
 from service.ml.models.latent_parts import (
     LatentDynamics,
@@ -167,7 +168,14 @@ class LatentODE(DensityModel):
     # ----------------------------------------------------------------- building blocks
     def posterior(self, batch: SeriesBatch, values: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
         """``q(z0 | prefix)``: mean and std, each (B, L)."""
-        return self.encoder(values, batch.mask, tau, batch.observed, self.solver, self.encoder_nfe)
+        return self.encoder(values, batch.mask, tau, batch.observed, self._solver_now, self.encoder_nfe)
+
+    @property
+    def _solver_now(self) -> SolverConfig:
+        """The serving budget (``query_solver``) for no-grad solves when set, else ``solver``."""
+        if self.query_solver is not None and not torch.is_grad_enabled():
+            return self.query_solver
+        return self.solver
 
     def decode(self, z0: Tensor, tau: Tensor) -> Tensor:
         """Decoded means (K, B, T, D), standardised, for ``z0`` (K, B, L) at model times ``tau`` (B, T)."""
@@ -175,7 +183,7 @@ class LatentODE(DensityModel):
         grid = torch.unique(torch.cat([tau.flatten(), tau.new_zeros(1)]))
         index = torch.searchsorted(grid, tau.contiguous())
         states = solve_on_grid(
-            self.dynamics, z0.reshape(samples * batch, latent), grid, self.solver, self.nfe
+            self.dynamics, z0.reshape(samples * batch, latent), grid, self._solver_now, self.nfe
         )
         return self.decoder(gather_times(states.view(-1, samples, batch, latent), index))
 
@@ -240,6 +248,27 @@ class LatentODE(DensityModel):
         log_w = log_lik + standard_normal_log_prob(z0) - normal_log_density(z0, mean, std)
         bound = torch.logsumexp(log_w, 0) - math.log(k) - self._log_scale(target)
         return batch, bound, pred.mean(0) * self.scale + self.loc
+
+    def bound_bytes(self, count: int, total: int, longest: int) -> int:
+        """Estimated peak bytes of ``log_prob`` on ``count`` series of ``total`` points in all, the
+        longest of ``longest``: every importance sample's latent states on the union time grid (at
+        most ``total + 1`` times, which grows with the product of series and times), the decodes on
+        the padded grid and the encoder's states. Serving splits a query to keep this in budget."""
+        k, latent = self.config.iwae_samples, self.config.latent_dim
+        decoded = latent + sum(self.config.decoder_hidden) + 4 * self.dim
+        # The grid states twice: the solver's solution and solve_on_grid's concatenated copy.
+        floats = k * count * (2 * (total + 1) * latent + longest * decoded + 8 * latent)
+        floats += count * longest * (4 * self.config.encoder_hidden + 3 * self.dim)
+        return FLOAT_BYTES * SAFETY * floats
+
+    def predict_bytes(self, n_samples: int, times: int, predict_times: int) -> int:
+        """Estimated peak bytes of ``predict`` on one series: every draw's latent states on the grid
+        of the query times (twice, as in ``bound_bytes``) and its decodes, plus the encoder."""
+        k, latent = max(1, n_samples), self.config.latent_dim
+        decoded = latent + sum(self.config.decoder_hidden) + 4 * self.dim
+        floats = k * (2 * (predict_times + 1) * latent + predict_times * decoded + 8 * latent)
+        floats += times * (4 * self.config.encoder_hidden + 3 * self.dim)
+        return FLOAT_BYTES * SAFETY * floats
 
     @torch.no_grad()
     def log_prob(self, x: SeriesInput, generator: torch.Generator | None = None) -> Tensor:
