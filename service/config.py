@@ -5,7 +5,8 @@
 | ``DATABASE_URL`` | ``sqlite:///data/odeserve.db`` | SQLAlchemy URL (PostgreSQL in production) |
 | ``REDIS_URL`` | ``redis://127.0.0.1:6379/0`` | Celery broker and result backend (``redis+socket://`` too) |
 | ``MODELS_STORE`` | ``models_store`` | Directory of checkpoints and uploaded datasets |
-| ``ODESERVE_QUEUE`` | ``training`` | Celery queue of training jobs |
+| ``ODESERVE_QUEUE`` | ``training`` | Celery queue of training jobs with ``device`` ``auto`` or ``cpu`` |
+| ``ODESERVE_GPU_QUEUE`` | ``training-gpu`` | Celery queue of ``device: cuda`` runs (GPU workers only) |
 | ``ODESERVE_PROGRESS_EVERY`` | ``5`` | Write progress + per-iteration metrics every N iterations |
 | ``ODESERVE_CHECKPOINT_EVERY`` | ``100`` | Resumable checkpoint every N iterations (0: only at the end) |
 | ``ODESERVE_CANCEL_POLL_S`` | ``0.5`` | How often a running job checks its cancel flag |
@@ -91,6 +92,7 @@ class Settings(BaseSettings):
         Path("models_store"), validation_alias=AliasChoices("MODELS_STORE", "models_store")
     )
     queue: str = Field("training", min_length=1)
+    gpu_queue: str = Field("training-gpu", min_length=1)
     progress_every: int = Field(5, ge=1)
     checkpoint_every: int = Field(100, ge=0)
     cancel_poll_s: float = Field(0.5, gt=0)

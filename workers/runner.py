@@ -23,7 +23,7 @@ from service.db import repository as repo
 from service.db.leases import checkpoint_lease
 from service.ml.checkpoint import load_checkpoint, save_checkpoint
 from service.ml.data import DATASETS, PointData, load_dataset, point_data_from_tensor
-from service.ml.errors import DataError, OdeServeError, TrainingCanceled
+from service.ml.errors import ConfigError, DataError, OdeServeError, TrainingCanceled
 from service.ml.models import stored_model_config
 from service.ml.ode import SolverConfig
 from service.ml.series import load_series_dataset, series_data_from_list
@@ -48,10 +48,23 @@ class RunLog(logging.LoggerAdapter):
         return f"run={self.extra['run_id']} {msg}", kwargs  # type: ignore[index]
 
 
-def pick_device(settings: Settings) -> str:
+def pick_device(settings: Settings, requested: str = "auto") -> str:
+    """The device to train on: the run's request (``cpu``/``cuda``), else the worker's setting."""
+    if requested in ("cpu", "cuda"):
+        return requested
     if settings.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return settings.device
+
+
+def _check_device(device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "this run asked for device cuda but the worker that took it has no CUDA",
+            value="cuda",
+            fix="consume ODESERVE_GPU_QUEUE only with GPU workers, or ask for device auto or cpu",
+            field="device",
+        )
 
 
 def _finite(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,8 +201,8 @@ def run_job(
 ) -> str | None:
     """Train ``run_id`` to a final status and return it (None when there was nothing to do)."""
     rlog = RunLog(log, {"run_id": run_id})
-    device = pick_device(settings)
     with session_scope(sessions) as session:
+        device = pick_device(settings, repo.requested_device(session, run_id))
         attempt = repo.start_attempt(
             session,
             run_id,
@@ -236,6 +249,7 @@ def _train(
 ) -> str | None:
     run_id, config = row.id, recorder.config
     try:
+        _check_device(device)
         data = load_training_data(row.dataset, config.seed, store, sessions)
         if not isinstance(data, PointData):
             device = "cpu"  # series batches are built on the CPU

@@ -87,7 +87,8 @@ class RunRow(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error_type: Mapped[str | None] = mapped_column(String(64))
     error_detail: Mapped[str | None] = mapped_column(Text)
-    device: Mapped[str | None] = mapped_column(String(32))
+    device: Mapped[str | None] = mapped_column(String(32))  # where the last attempt trained
+    device_request: Mapped[str] = mapped_column(String(8), default="auto", server_default="auto")
     worker: Mapped[str | None] = mapped_column(String(200))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     fence: Mapped[int] = mapped_column(Integer, default=0)

@@ -32,6 +32,7 @@ class LostRun:
     status: str
     fence: int
     published_at: datetime | None = None
+    device_request: str = "auto"
 
 
 def _published_at() -> object:
@@ -53,13 +54,19 @@ def find_lost(
     active = RunRow.status.in_((RunStatus.running.value, RunStatus.canceling.value))
     stale = active & (_last_beat() < beat_cutoff)
     rows = session.execute(
-        select(RunRow.id, RunRow.status, RunRow.fence, _published_at().label("published_at"))
+        select(
+            RunRow.id,
+            RunRow.status,
+            RunRow.fence,
+            _published_at().label("published_at"),
+            RunRow.device_request,
+        )
         .where(queued | stale)
         .order_by(RunRow.created_at)
         .limit(limit)
     ).all()
     session.commit()  # end the read transaction
-    return [LostRun(r.id, r.status, r.fence, r.published_at) for r in rows]
+    return [LostRun(r.id, r.status, r.fence, r.published_at, r.device_request or "auto") for r in rows]
 
 
 def _update(session: Session, *where: object, **values: object) -> bool:

@@ -42,6 +42,7 @@ __all__ = [
     "finish_succeeded",
     "get_dataset",
     "get_run",
+    "requested_device",
     "get_run_by_idempotency_key",
     "list_datasets",
     "list_runs",
@@ -84,6 +85,11 @@ class Attempt:
 
 def get_run(session: Session, run_id: str) -> RunRow | None:
     return session.get(RunRow, run_id, populate_existing=True)
+
+
+def requested_device(session: Session, run_id: str) -> str:
+    """The device run ``run_id`` asked for (``auto`` when the run is gone)."""
+    return session.scalar(select(RunRow.device_request).where(RunRow.id == run_id)) or "auto"
 
 
 def get_run_by_idempotency_key(session: Session, key: str) -> RunRow | None:

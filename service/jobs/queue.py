@@ -1,6 +1,9 @@
 """The job queue seen from the API: a Celery app used as a producer, and a broker health check.
 
 Only the task *name* is shared with ``workers.tasks``, so the API never imports worker code.
+Two queues: ``ODESERVE_QUEUE`` for runs that train anywhere (``device`` ``auto``) or on a CPU, and
+``ODESERVE_GPU_QUEUE`` for runs that asked for ``cuda``, which only GPU workers consume (a GPU
+worker consumes both: ``-Q training-gpu,training``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from celery import Celery
 from service.config import Settings
 from service.jobs.broker_scan import BrokerView, scan_broker
 
-__all__ = ["TRAIN_TASK", "CeleryDispatcher", "Dispatcher", "make_celery", "redis_client"]
+__all__ = ["TRAIN_TASK", "CeleryDispatcher", "Dispatcher", "make_celery", "queue_for", "redis_client"]
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +28,14 @@ TRAIN_TASK = "odeserve.train"
 class Dispatcher(Protocol):
     """Hands a run id to whatever executes training jobs."""
 
-    def enqueue(self, run_id: str) -> None: ...
+    def enqueue(self, run_id: str, device: str = "auto") -> None: ...
 
     def ping(self) -> None: ...
+
+
+def queue_for(settings: Settings, device: str) -> str:
+    """The Celery queue of a run that asked for ``device`` (``auto``, ``cpu`` or ``cuda``)."""
+    return settings.gpu_queue if device == "cuda" else settings.queue
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -71,15 +79,16 @@ def redis_client(url: str, timeout: float = 2.0) -> redis.Redis:
 
 
 class CeleryDispatcher:
-    """Publishes ``odeserve.train(run_id)`` to the training queue."""
+    """Publishes ``odeserve.train(run_id)`` to the queue of the run's device."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app = make_celery(settings)
 
-    def enqueue(self, run_id: str) -> None:
-        self.app.send_task(TRAIN_TASK, args=[run_id], queue=self.settings.queue)
-        log.info("run=%s queued on %s", run_id, self.settings.queue)
+    def enqueue(self, run_id: str, device: str = "auto") -> None:
+        queue = queue_for(self.settings, device)
+        self.app.send_task(TRAIN_TASK, args=[run_id], queue=queue)
+        log.info("run=%s queued on %s", run_id, queue)
 
     def ping(self) -> None:
         client = redis_client(self.settings.redis_url)
@@ -89,9 +98,13 @@ class CeleryDispatcher:
             client.close()
 
     def scan(self, delivered_within_s: float) -> BrokerView:
-        """Run ids with a message in the training queue (see :mod:`service.jobs.broker_scan`)."""
+        """Run ids with a message in either training queue (see :mod:`service.jobs.broker_scan`)."""
         client = redis_client(self.settings.redis_url)
         try:
-            return scan_broker(client, self.settings.queue, delivered_within_s=delivered_within_s)
+            queues = dict.fromkeys((self.settings.queue, self.settings.gpu_queue))
+            views = [scan_broker(client, q, delivered_within_s=delivered_within_s) for q in queues]
         finally:
             client.close()
+        return BrokerView(
+            frozenset().union(*(v.waiting for v in views)), frozenset().union(*(v.delivered for v in views))
+        )

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
-    def enqueue(self, run_id: str) -> None: ...
+    def enqueue(self, run_id: str, device: str = "auto") -> None: ...
 
     def scan(self, delivered_within_s: float) -> BrokerView: ...
 
@@ -86,7 +86,7 @@ def reconcile_once(settings: Settings, sessions: SessionFactory, publisher: Publ
         if not claimed:
             continue  # another reconciler or a worker moved it first
         try:
-            publisher.enqueue(run.run_id)
+            publisher.enqueue(run.run_id, run.device_request)
         except Exception as exc:
             report.broker_error = f"{type(exc).__name__}: {exc}"
             log.warning("run=%s could not be republished (retried next pass): %s", run.run_id, exc)

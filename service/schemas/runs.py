@@ -120,6 +120,13 @@ class TrainRequest(BaseModel):
     )
     training: TrainConfig = Field(default_factory=TrainConfig)
     name: str | None = Field(None, max_length=200, description="Free-form label.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description=(
+            "Where to train. auto: the first free worker, on its GPU when it has one; cpu: on a CPU; "
+            "cuda: only on a GPU worker (the ODESERVE_GPU_QUEUE queue; the run waits for one)."
+        ),
+    )
 
     def resolved_solver(self) -> SolverConfig:
         """The solver the run records: the request's, or the model's default."""
@@ -154,7 +161,8 @@ class RunOut(BaseModel):
     training: dict[str, Any]
     metrics: dict[str, Any]
     error: RunError | None
-    device: str | None
+    device: str | None = Field(None, description="Where the last attempt trained (cpu, cuda).")
+    device_request: str = Field("auto", description="The device the request asked for.")
     attempt: int
     checkpoint_sha256: str | None
     sweep_id: str | None
@@ -187,6 +195,7 @@ class RunOut(BaseModel):
             metrics={k: _finite(v) for k, v in (row.metrics or {}).items()},
             error=error,
             device=row.device,
+            device_request=row.device_request or "auto",
             attempt=row.attempt,
             checkpoint_sha256=row.checkpoint_sha256,
             sweep_id=row.sweep_id,

@@ -172,20 +172,28 @@ def test_broker_restarted_empty_loses_no_run(fast_settings, private_redis, tmp_p
 
 def test_broker_scan_reads_real_celery_messages(settings):
     """The reconciler's view of Redis, on messages published by the real producer."""
-    scanning = settings.model_copy(update={"queue": f"scan-{uuid.uuid4().hex[:8]}"})
+    name = f"scan-{uuid.uuid4().hex[:8]}"
+    scanning = settings.model_copy(update={"queue": name, "gpu_queue": f"{name}-gpu"})
     dispatcher = CeleryDispatcher(scanning)
-    waiting, delivered = str(uuid.uuid4()), str(uuid.uuid4())
+    waiting, delivered, on_gpu = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     dispatcher.enqueue(delivered)
     dispatcher.enqueue(waiting)
+    dispatcher.enqueue(on_gpu, "cuda")  # a queue of its own, which the scan reads too
     with dispatcher.app.connection_for_read() as connection:
         queue = connection.SimpleQueue(scanning.queue)
         message = queue.get(timeout=5)  # delivered, not acknowledged: sits in ``unacked``
         view = dispatcher.scan(delivered_within_s=60)
         assert waiting in view.waiting and delivered not in view.waiting
+        assert on_gpu in view.waiting
         assert delivered in view.delivered
         assert delivered not in dispatcher.scan(delivered_within_s=0).delivered
         message.ack()
         assert delivered not in dispatcher.scan(delivered_within_s=60).live
         queue.get(timeout=5).ack()
         queue.close()
-    assert not {waiting, delivered} & dispatcher.scan(delivered_within_s=60).live
+        gpu_queue = connection.SimpleQueue(scanning.gpu_queue)
+        gpu_message = gpu_queue.get(timeout=5)
+        assert on_gpu in gpu_message.headers["argsrepr"]
+        gpu_message.ack()
+        gpu_queue.close()
+    assert not {waiting, delivered, on_gpu} & dispatcher.scan(delivered_within_s=60).live

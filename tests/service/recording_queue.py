@@ -8,9 +8,11 @@ class RecordingQueue:
 
     def __init__(self) -> None:
         self.queued: list[str] = []
+        self.devices: dict[str, str] = {}  # run id -> the device it was published for
 
-    def enqueue(self, run_id: str) -> None:
+    def enqueue(self, run_id: str, device: str = "auto") -> None:
         self.queued.append(run_id)
+        self.devices[run_id] = device
 
     def ping(self) -> None:
         return None

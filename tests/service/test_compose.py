@@ -38,13 +38,13 @@ def test_healthchecks(compose, name):
     assert compose["services"][name]["healthcheck"]["test"]
 
 
-def test_worker_reserves_a_gpu_and_runs_the_training_queue(compose):
+def test_worker_reserves_a_gpu_and_runs_both_training_queues(compose):
     worker = compose["services"]["worker"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     command = worker["command"]
     assert command[:4] == ["celery", "-A", "workers.celery_app", "worker"]
-    assert command[command.index("-Q") + 1] == Settings().queue
+    assert command[command.index("-Q") + 1].split(",") == [Settings().gpu_queue, Settings().queue]
     assert "cu" in worker["build"]["args"]["TORCH_INDEX_URL"].rsplit("/", 1)[-1]
 
 

@@ -38,13 +38,15 @@ class FakeBroker:
 
     def __init__(self) -> None:
         self.published: list[str] = []
+        self.devices: dict[str, str] = {}
         self.down = False
         self.lost: set[str] = set()
 
-    def enqueue(self, run_id: str) -> None:
+    def enqueue(self, run_id: str, device: str = "auto") -> None:
         if self.down:
             raise ConnectionError("broker down")
         self.published.append(run_id)
+        self.devices[run_id] = device
 
     def ping(self) -> None:
         if self.down:
@@ -71,7 +73,7 @@ def env(tmp_path, settings):
     return fast, make_session_factory(make_engine(url))
 
 
-def _queued_run(sessions: Any, **training: Any) -> str:
+def _queued_run(sessions: Any, device_request: str = "auto", **training: Any) -> str:
     with sessions() as session:
         row, _ = repo.create_run(
             session,
@@ -83,6 +85,7 @@ def _queued_run(sessions: Any, **training: Any) -> str:
             solver={"method": "dopri5", "rtol": 1e-3, "atol": 1e-3},
             training={**TRAINING, **training},
             total=training.get("iterations", TRAINING["iterations"]),
+            device_request=device_request,
         )
     return row.id
 
@@ -108,6 +111,15 @@ def test_queued_run_without_message_is_republished_once(env):
     again = reconcile_once(settings, sessions, broker)  # now it has a message: left alone
     assert again.republished == [] and again.skipped_live == [run_id]
     assert broker.published == [run_id]
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda"])
+def test_a_republished_run_keeps_its_device_queue(env, device):
+    settings, sessions = env
+    broker = FakeBroker()
+    run_id = _queued_run(sessions, device_request=device)
+    assert reconcile_once(settings, sessions, broker).republished == [run_id]
+    assert broker.devices == {run_id: device}
 
 
 def test_racing_reconcilers_publish_once(env):

@@ -130,7 +130,7 @@ def create_sweep(
     sweeps.create_sweep(session, sweep, runs)
     for fields in runs:
         try:
-            dispatcher.enqueue(fields["id"])
+            dispatcher.enqueue(fields["id"], fields["device_request"])
         except Exception as exc:  # like POST /train: stays queued, the reconciler publishes it later
             log.warning("sweep=%s run=%s accepted but not published: %s", sweep_id, fields["id"], exc)
     log.info("sweep=%s queued %d runs", sweep_id, len(runs))

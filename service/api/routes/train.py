@@ -97,6 +97,7 @@ def run_fields(session: Session, request: TrainRequest, memory_budget: int | Non
         "solver": solver.model_dump(mode="json"),
         "training": request.training.model_dump(mode="json"),
         "total": request.training.iterations,
+        "device_request": request.device,
         "request_sha256": _request_digest(request),
     }
 
@@ -159,16 +160,16 @@ def train(
         ) from None
     response.headers["Location"] = f"/runs/{row.id}"
     if created:
-        _enqueue(session, dispatcher, row.id)
+        _enqueue(session, dispatcher, row.id, row.device_request)
     else:
         response.headers["Idempotent-Replayed"] = "true"
     return RunOut.from_row(row)
 
 
-def _enqueue(session: Session, dispatcher: Any, run_id: str) -> None:
+def _enqueue(session: Session, dispatcher: Any, run_id: str, device: str) -> None:
     """Publish the run; when the broker is down it stays ``queued`` in the database (the source of
     truth) and the reconciler publishes it after ``ODESERVE_QUEUED_GRACE_S`` (see service.jobs.reconcile)."""
     try:
-        dispatcher.enqueue(run_id)
+        dispatcher.enqueue(run_id, device)
     except Exception as exc:
         log.warning("run=%s accepted but not published (broker down?): %s; the reconciler will", run_id, exc)
