@@ -19,7 +19,7 @@ import pytest
 from service.cli.embedded import stop_process
 from service.config import Settings
 
-__all__ = ["Redis", "free_port", "start_worker", "stop"]
+__all__ = ["ROOT", "Redis", "free_port", "start_worker", "stop", "worker_env"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
