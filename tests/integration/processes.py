@@ -12,14 +12,29 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from service.cli.embedded import stop_process
 from service.config import Settings
 
-__all__ = ["ROOT", "Redis", "free_port", "start_worker", "stop", "worker_env"]
+__all__ = [
+    "QUICK_RUN",
+    "ROOT",
+    "TERMINAL",
+    "Redis",
+    "fast_recovery",
+    "free_port",
+    "post_run",
+    "start_worker",
+    "stop",
+    "wait_for_run",
+    "worker_env",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,3 +146,55 @@ class Redis:
 
     def stop(self) -> None:
         stop(self.proc, timeout=5)
+
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+QUICK_RUN = {
+    "model": "ffjord",
+    "dataset": {"name": "8gaussians", "n_train": 300, "n_test": 50},
+    "model_config": {"hidden_dims": [8]},
+    "solver": {"method": "dopri5", "rtol": 1e-3, "atol": 1e-3},
+    "training": {"iterations": 12, "batch_size": 32},
+}
+"""A POST /train body that trains in about a second."""
+
+
+def fast_recovery(settings: Settings, queue_prefix: str, **update: object) -> Settings:
+    """``settings`` on a fresh queue with recovery sped up: heartbeats every 0.3 s, stale after
+    2 s, a reconciler pass every 0.5 s, queued runs republished after 2 s."""
+    fast = {
+        "queue": f"{queue_prefix}-{uuid.uuid4().hex[:8]}",
+        "checkpoint_every": 10,
+        "heartbeat_interval_s": 0.3,
+        "heartbeat_timeout_s": 2.0,
+        "reconcile_interval_s": 0.5,
+        "queued_grace_s": 2.0,
+        "max_attempts": 3,
+    }
+    return settings.model_copy(update={**fast, **update})
+
+
+def post_run(client: httpx.Client, body: dict[str, Any]) -> str:
+    """POST /train, asserting 202; returns the run id."""
+    response = client.post("/train", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def wait_for_run(
+    client: httpx.Client,
+    run_id: str,
+    until: Callable[[dict[str, Any]], bool],
+    logs: list[Path],
+    timeout: float = 180,
+) -> dict[str, Any]:
+    """Poll GET /runs/{id} until ``until(run)``; on timeout fail with the tails of ``logs``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.get(f"/runs/{run_id}").json()
+        if until(run):
+            return run
+        if time.monotonic() > deadline:
+            tails = "\n".join(log.read_text(errors="replace")[-3000:] for log in logs if log.exists())
+            pytest.fail(f"run {run_id} stuck at {run['status']} {run['progress']}\n{tails}")
+        time.sleep(0.1)

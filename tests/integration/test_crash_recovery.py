@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +17,16 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from processes import Redis, start_worker, stop  # tests/integration is on sys.path (rootless test dir)
+from processes import (  # tests/integration is on sys.path (rootless test dir)
+    QUICK_RUN,
+    TERMINAL,
+    Redis,
+    fast_recovery,
+    post_run,
+    start_worker,
+    stop,
+    wait_for_run,
+)
 
 from service.api.main import create_app
 from service.config import Settings
@@ -28,57 +36,24 @@ from service.storage.models_store import ModelStore
 
 pytestmark = pytest.mark.integration
 
-TERMINAL = {"succeeded", "failed", "canceled"}
 CRASH_RUN = {
-    "model": "ffjord",
+    **QUICK_RUN,
     "dataset": {"name": "8gaussians", "n_train": 1000, "n_test": 200},
     "model_config": {"hidden_dims": [16, 16]},
-    "solver": {"method": "dopri5", "rtol": 1e-3, "atol": 1e-3},
     "training": {"iterations": 40, "batch_size": 64, "seed": 3},
-}
-QUICK_RUN = {
-    "model": "ffjord",
-    "dataset": {"name": "8gaussians", "n_train": 300, "n_test": 50},
-    "model_config": {"hidden_dims": [8]},
-    "solver": {"method": "dopri5", "rtol": 1e-3, "atol": 1e-3},
-    "training": {"iterations": 12, "batch_size": 32},
 }
 
 
 @pytest.fixture
 def fast_settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={
-            "queue": f"recovery-{uuid.uuid4().hex[:8]}",
-            "checkpoint_every": 10,
-            "heartbeat_interval_s": 0.3,
-            "heartbeat_timeout_s": 2.0,
-            "reconcile_interval_s": 0.5,
-            "queued_grace_s": 2.0,
-            "max_attempts": 3,
-        }
-    )
+    return fast_recovery(settings, "recovery")
 
 
 def _waiter(client: TestClient, log: Path) -> Callable[..., dict[str, Any]]:
     def wait(run_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            run = client.get(f"/runs/{run_id}").json()
-            if until(run):
-                return run
-            if time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-                pytest.fail(f"run {run_id} stuck at {run['status']} {run['progress']}\n{tail}")
-            time.sleep(0.1)
+        return wait_for_run(client, run_id, until, [log], timeout)
 
     return wait
-
-
-def _post(client: TestClient, body: dict[str, Any]) -> str:
-    response = client.post("/train", json=body)
-    assert response.status_code == 202, response.text
-    return response.json()["id"]
 
 
 def _weights_digest(store: ModelStore, run_id: str) -> str:
@@ -97,8 +72,8 @@ def test_killed_worker_resumes_from_checkpoint_to_the_same_result(fast_settings,
     try:
         with TestClient(create_app(fast_settings)) as client:
             wait = _waiter(client, log)
-            reference = _post(client, CRASH_RUN)  # uninterrupted, same seed
-            crashed = _post(client, CRASH_RUN)
+            reference = post_run(client, CRASH_RUN)  # uninterrupted, same seed
+            crashed = post_run(client, CRASH_RUN)
             assert wait(reference, lambda r: r["status"] in TERMINAL)["status"] == "succeeded"
             midway = wait(crashed, lambda r: r["checkpoint_sha256"] is not None or r["status"] in TERMINAL)
             assert midway["status"] == "running", "the run finished before it could be killed"
@@ -142,7 +117,7 @@ def test_broker_restarted_empty_loses_no_run(fast_settings, private_redis, tmp_p
     try:
         with TestClient(create_app(settings)) as client:
             wait = _waiter(client, log)
-            runs = [_post(client, {**QUICK_RUN, "name": f"r{i}"}) for i in range(5)]
+            runs = [post_run(client, {**QUICK_RUN, "name": f"r{i}"}) for i in range(5)]
             wait(runs[0], lambda r: r["status"] == "succeeded")
             wait(runs[1], lambda r: r["status"] != "queued")
 
@@ -151,7 +126,7 @@ def test_broker_restarted_empty_loses_no_run(fast_settings, private_redis, tmp_p
             assert ready.status_code == 503 and ready.json()["checks"]["database"] == "ok"
             query = client.get("/density", params={"run_id": runs[0], "x": "0,0"})
             assert query.status_code == 200  # trained runs keep answering without a broker
-            runs.append(_post(client, {**QUICK_RUN, "name": "while-down"}))  # accepted, not lost
+            runs.append(post_run(client, {**QUICK_RUN, "name": "while-down"}))  # accepted, not lost
             private_redis.restart_empty()
 
             wait(runs[2], lambda r: r["status"] == "succeeded")

@@ -12,44 +12,37 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from processes import ROOT, free_port, start_worker, stop, worker_env
+from processes import (
+    QUICK_RUN,
+    ROOT,
+    TERMINAL,
+    fast_recovery,
+    free_port,
+    post_run,
+    start_worker,
+    stop,
+    wait_for_run,
+    worker_env,
+)
 
 from service.config import Settings
 from service.serving.model_cache import SERVED_RUN_TTL_S
 
 pytestmark = pytest.mark.integration
 
-TERMINAL = {"succeeded", "failed", "canceled"}
-QUICK_RUN = {
-    "model": "ffjord",
-    "dataset": {"name": "8gaussians", "n_train": 300, "n_test": 50},
-    "model_config": {"hidden_dims": [8]},
-    "solver": {"method": "dopri5", "rtol": 1e-3, "atol": 1e-3},
-    "training": {"iterations": 6, "batch_size": 32},
-}
+SHORT_RUN = {**QUICK_RUN, "training": {"iterations": 6, "batch_size": 32}}
 LONG_RUN = {**QUICK_RUN, "training": {"iterations": 60, "batch_size": 64, "seed": 1}}
 
 
 @pytest.fixture
 def replica_settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={
-            "queue": f"replicas-{uuid.uuid4().hex[:8]}",
-            "checkpoint_every": 10,
-            "heartbeat_interval_s": 0.3,
-            "heartbeat_timeout_s": 2.0,
-            "reconcile_interval_s": 0.5,
-            "queued_grace_s": 5.0,
-            "max_attempts": 3,
-        }
-    )
+    return fast_recovery(settings, "replicas", queued_grace_s=5.0)
 
 
 def _start_api(settings: Settings, log_path: Path, timeout: float = 90) -> tuple[subprocess.Popen, str]:
@@ -100,24 +93,10 @@ def cluster(replica_settings: Settings, tmp_path: Path) -> Iterator[dict[str, An
 
 
 def _waiter(logs: list[Path]) -> Callable[..., dict[str, Any]]:
-    def wait(api: httpx.Client, run_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 180):
-        deadline = time.monotonic() + timeout
-        while True:
-            run = api.get(f"/runs/{run_id}").json()
-            if until(run):
-                return run
-            if time.monotonic() > deadline:
-                tails = "\n".join(log.read_text(errors="replace")[-2000:] for log in logs)
-                pytest.fail(f"run {run_id} stuck at {run['status']} {run['progress']}\n{tails}")
-            time.sleep(0.1)
+    def wait(api: httpx.Client, run_id: str, until: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        return wait_for_run(api, run_id, until, logs)
 
     return wait
-
-
-def _post(api: httpx.Client, body: dict[str, Any]) -> str:
-    response = api.post("/train", json=body)
-    assert response.status_code == 202, response.text
-    return response.json()["id"]
 
 
 def _started_in(log: Path, run_id: str) -> bool:
@@ -127,7 +106,7 @@ def _started_in(log: Path, run_id: str) -> bool:
 def test_twenty_runs_across_two_apis_each_run_exactly_once(cluster):
     apis, logs = cluster["apis"], cluster["logs"]
     wait = _waiter(logs)
-    runs = [_post(apis[i % 2], {**QUICK_RUN, "name": f"r{i}"}) for i in range(20)]
+    runs = [post_run(apis[i % 2], {**SHORT_RUN, "name": f"r{i}"}) for i in range(20)]
     finals = [
         wait(apis[(i + 1) % 2], run_id, lambda r: r["status"] in TERMINAL) for i, run_id in enumerate(runs)
     ]
@@ -144,7 +123,7 @@ def test_twenty_runs_across_two_apis_each_run_exactly_once(cluster):
 
 def test_a_delete_on_one_api_reaches_the_other_within_the_cache_ttl(cluster):
     first, second = cluster["apis"]
-    run_id = _post(first, QUICK_RUN)
+    run_id = post_run(first, SHORT_RUN)
     _waiter(cluster["logs"])(first, run_id, lambda r: r["status"] in TERMINAL)
     assert second.get("/density", params={"run_id": run_id, "x": "0,0"}).status_code == 200  # cached
     assert first.delete(f"/runs/{run_id}").status_code == 204
@@ -159,7 +138,7 @@ def test_a_delete_on_one_api_reaches_the_other_within_the_cache_ttl(cluster):
 def test_a_worker_killed_mid_run_is_resumed_by_the_other(cluster):
     apis, logs, workers = cluster["apis"], cluster["logs"], cluster["workers"]
     wait = _waiter(logs)
-    run_id = _post(apis[0], LONG_RUN)
+    run_id = post_run(apis[0], LONG_RUN)
     midway = wait(apis[1], run_id, lambda r: r["checkpoint_sha256"] is not None or r["status"] in TERMINAL)
     assert midway["status"] == "running", "the run finished before it could be killed"
     victim = next(i for i, log in enumerate(logs) if _started_in(log, run_id))
