@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, SecretStr
 
 import service.config
@@ -32,3 +34,19 @@ def test_limits_and_time_limits_are_consistent():
     assert settings.hard_time_limit == 110 < settings.visibility_timeout
     assert settings.api_key_values == ("k-secret-1", "k-secret-2") and "k-secret" not in repr(settings)
     assert Settings().api_key_values == () and Settings().cors_origin_list == ()
+
+
+def _settings_rows() -> list[str]:
+    """The settings table of service/config.py's docstring, in Markdown's single backticks."""
+    doc = service.config.__doc__ or ""
+    rows = [line.replace("``", "`") for line in doc.splitlines() if line.startswith("| ``")]
+    return [row for row in rows if "ODESERVE_" in row or "_URL" in row or "MODELS_STORE" in row]
+
+
+def test_the_operations_guide_repeats_the_table_unchanged():
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    settings_section = guide[guide.index("## Every setting") : guide.index("## Limits")]
+    rows = _settings_rows()
+    assert len(rows) >= len(Settings.model_fields) - 1
+    stale = [row for row in rows if row not in settings_section]
+    assert not stale, f"copy these rows of service/config.py into docs/operations.md: {stale}"
