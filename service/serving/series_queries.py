@@ -24,6 +24,7 @@ __all__ = [
     "series_log_density",
     "split_missing",
     "trajectories",
+    "validation_rmse",
 ]
 
 Nested = list[list[float | None]]
@@ -74,6 +75,14 @@ def predict(entry: CachedModel, body: PredictRequest) -> tuple[Nested, Nested]:
             include_noise=body.include_noise,
         )
     return json_floats(mean), json_floats(std)
+
+
+def validation_rmse(entry: CachedModel) -> tuple[float | None, float | None]:
+    """(model, last-value baseline) forecast RMSE on the run's validation series; None if unknown."""
+    found = [getattr(entry.model, name, None) for name in ("val_rmse", "val_rmse_last_value")]
+    values = [float(v) if v is not None else math.nan for v in found]
+    model, baseline = (v if math.isfinite(v) else None for v in values)
+    return model, baseline
 
 
 def parse_times_param(text: str, field: str = "t") -> list[float]:
