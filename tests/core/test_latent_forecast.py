@@ -128,3 +128,27 @@ def test_plateau_schedule_halves_lr_then_stops_and_restores_the_best() -> None:
     clone = EarlyStopping(patience=30, lr_patience=10, min_iterations=20, initial_lr=1.0)
     clone.load_state_dict(stopper.state_dict())
     assert clone.state_dict()["best_score"] == 0.5 and clone.last_drop == stopper.last_drop
+
+
+def test_resume_mid_run_takes_the_same_early_stopping_decisions() -> None:
+    data = series_data_from_list("offset", offset_waves(30, seed=3)[0], seed=0)
+    config = TrainConfig(
+        iterations=40,
+        batch_size=8,
+        lr=1e-2,
+        seed=0,
+        val_interval=5,
+        min_iterations=10,
+        patience=15,
+        lr_patience=5,
+    )
+    states = []
+    full_model = init_model("latent_ode", SMALL, 1, None, seed=0)
+    full = fit(full_model, data, config, checkpoint_every=20, on_checkpoint=states.append)
+    resumed_model = init_model("latent_ode", SMALL, 1, None, seed=0)
+    resumed = fit(resumed_model, data, config, resume=states[0])
+    assert states[0].early_stopping is not None and states[0].early_stopping["best_state"] is not None
+    assert resumed.best_iteration == full.best_iteration
+    assert resumed.iterations == full.iterations
+    for name, value in full_model.state_dict().items():
+        torch.testing.assert_close(resumed_model.state_dict()[name], value, rtol=0, atol=0, msg=name)
