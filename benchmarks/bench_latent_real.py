@@ -184,7 +184,7 @@ def train_gru(model: LatentODE, train: list[Series], seconds: float, seed: int) 
 
 
 # ------------------------------------------------------------------------------------ one task
-def run_task(task: Task, seed: int, iterations: int) -> dict:
+def run_task(task: Task, seed: int, iterations: int, suffix: str = "") -> dict:
     if task.name == "spirals":
         train, _ = spirals(500, seed)
         test, clean = spirals(100, seed + 1000)
@@ -224,7 +224,7 @@ def run_task(task: Task, seed: int, iterations: int) -> dict:
     if task.name == "spirals":
         zero = sum(float(c[s.n_observed :].square().sum()) for s, c in zip(test, clean, strict=True))
         naive["zero"] = math.sqrt(zero / count)
-    picture = plot(task, forecasts)
+    picture = plot(task, forecasts, suffix)
     return {
         "task": task.name,
         "train_windows": len(train),
@@ -249,7 +249,7 @@ def run_task(task: Task, seed: int, iterations: int) -> dict:
     }
 
 
-def plot(task: Task, forecasts: list) -> object:
+def plot(task: Task, forecasts: list, suffix: str = "") -> object:
     """Three test windows: observed points, truth, latent ODE mean +- 2 std, GRU and baselines."""
     fig = Figure(figsize=(11, 3.2))
     FigureCanvasAgg(fig)
@@ -271,7 +271,7 @@ def plot(task: Task, forecasts: list) -> object:
     fig.suptitle(f"{task.name}: observe {task.observe:.3g}, forecast {task.horizon:.3g} (test windows)")
     fig.tight_layout()
     IMAGES.mkdir(parents=True, exist_ok=True)
-    path = IMAGES / f"latent_real_{task.name}.png"
+    path = IMAGES / f"latent_real_{task.name}{suffix}.png"
     fig.savefig(path, dpi=90)
     return path
 
@@ -282,10 +282,13 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1000, help="TrainConfig.iterations (cap)")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench_latent_real", help="results/<out>.{json,md}")
     args = parser.parse_args()
     torch.set_num_threads(1)
     iterations = 60 if args.quick else args.iterations
-    results = [run_task(TASKS[name], args.seed, iterations) for name in args.tasks.split(",")]
+    suffix = args.out.removeprefix("bench_latent_real")
+    tasks = args.tasks.split(",")
+    results = [run_task(TASKS[name], args.seed, iterations, suffix) for name in tasks]
     headers = [
         "data",
         "latent ODE",
@@ -320,7 +323,7 @@ def main() -> None:
         "real series beat every naive baseline.",
         "GRU seq2seq: same hidden size, same training windows, same wall time as the latent ODE.",
     ]
-    name = "bench_latent_real_quick" if args.quick else "bench_latent_real"
+    name = f"{args.out}_quick" if args.quick else args.out
     write_results(
         name, "Latent ODE on real series, default settings", {"results": results}, headers, rows, notes
     )
