@@ -5,7 +5,8 @@ Layout of a checkpoint directory::
     model.pt            state_dict (tensors only; loaded with weights_only=True)
     config.json         model name, dim, model/solver/training configs, metrics, extra
     optimizer.pt        optimizer state (optional, for resuming)
-    training_state.pt   iteration, RNG state, history, wall clock (optional, for resuming)
+    training_state.pt   iteration, RNG state, history, wall clock, early-stopping state (best
+                        score and weights; optional, for resuming)
     manifest.json       format version and the sha256 of every file; written last
 
 The directory is assembled beside its target and moved into place by rename, so a reader never
@@ -106,6 +107,7 @@ def save_checkpoint(
                     "generator_state": state.generator_state,
                     "history": state.history,
                     "wall_s": state.wall_s,
+                    "early_stopping": state.early_stopping,
                 },
                 staging / "training_state.pt",
             )
@@ -213,6 +215,7 @@ def load_checkpoint(
             generator_state=raw["generator_state"],
             history=list(raw["history"]),
             wall_s=float(raw["wall_s"]),
+            early_stopping=raw.get("early_stopping"),
         )
     return LoadedCheckpoint(
         model=model, meta=meta, state=state, metrics=meta.get("metrics", {}), digest=digest

@@ -5,7 +5,8 @@ A :class:`Series` is one trajectory: strictly increasing float64 ``times`` ``(T,
 points are what an encoder sees; the rest is the held-out tail a model must extrapolate.
 :func:`collate` pads series with different lengths and time grids into one :class:`SeriesBatch`;
 :class:`SeriesData` is the train/test container that ``fit`` consumes (``.batch``, ``.test``,
-``.dim``, ``kind == "series"``).
+``.dim``, ``kind == "series"``); ``with_validation`` moves a share of its training series to ``val``,
+on which ``fit`` decides when to stop.
 
 Built-in generators, registered in ``SERIES_DATASETS``:
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -29,6 +30,8 @@ from torch import Tensor
 from service.ml.errors import DataError, UnknownNameError
 
 __all__ = [
+    "MAX_VALIDATION_SERIES",
+    "MIN_SPLIT_SERIES",
     "SERIES_DATASETS",
     "Series",
     "SeriesBatch",
@@ -41,6 +44,11 @@ __all__ = [
     "make_spirals",
     "series_data_from_list",
 ]
+
+MAX_VALIDATION_SERIES = 256
+"""Validation series used at most: enough for a stable forecast error, cheap to evaluate often."""
+MIN_SPLIT_SERIES = 5
+"""Fewer training series than this are all trained on (no validation split, no early stopping)."""
 
 
 @dataclass(frozen=True)
@@ -150,13 +158,28 @@ def collate(series: Sequence[Series]) -> SeriesBatch:
 
 @dataclass
 class SeriesData:
-    """Train/test series of one dataset; ``batch`` draws deterministically from a generator."""
+    """Train/validation/test series of one dataset; ``batch`` draws deterministically from a generator."""
 
     name: str
     train: list[Series]
     test: list[Series]
     description: str = ""
+    val: list[Series] = field(default_factory=list)
     kind: ClassVar[str] = "series"
+
+    def with_validation(self, fraction: float, seed: int) -> SeriesData:
+        """A copy with ``fraction`` of the training series (at most ``MAX_VALIDATION_SERIES``) in ``val``.
+
+        The split is a deterministic shuffle by ``seed``. Fewer than ``MIN_SPLIT_SERIES`` training
+        series, or ``fraction == 0``, leave no validation series.
+        """
+        if fraction <= 0 or len(self.train) < MIN_SPLIT_SERIES or self.val:
+            return self
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed + 1))
+        n_val = min(MAX_VALIDATION_SERIES, max(1, round(fraction * len(self.train))))
+        val = [self.train[i] for i in order[:n_val].tolist()]
+        train = [self.train[i] for i in order[n_val:].tolist()]
+        return replace(self, train=train, val=val)
 
     @property
     def dim(self) -> int:

@@ -1,5 +1,11 @@
 """The training loop shared by every model: ``fit`` with progress, cancellation and exact resume.
 
+Models that can score held-out data (``DensityModel.validate``, e.g. the latent ODE's forecast
+error) train on a validation split of their data (``TrainConfig.val_fraction``): ``fit`` validates
+every ``val_interval`` steps, halves the learning rate on plateaus, stops after ``patience``
+validations without improvement and ends with the best weights (``service.ml.early_stopping``).
+``iterations`` is then an upper bound. Other models train for exactly ``iterations`` steps.
+
 All randomness of a run (batches, Hutchinson probes, posterior samples) comes from one
 ``torch.Generator`` seeded by ``TrainConfig.seed``; its state is part of ``TrainState``. A run stopped
 after iteration ``k`` and resumed from that state therefore ends with exactly the weights of an
@@ -13,11 +19,12 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.ml.early_stopping import EarlyStopping, auto_val_interval
 from service.ml.errors import SolverError, TrainingCanceled
 from service.ml.models import DensityModel, build_model
 from service.ml.ode import SolverConfig, solver_errors
@@ -40,13 +47,46 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    iterations: int = Field(1000, ge=1, le=200_000, description="Optimizer steps.")
+    iterations: int = Field(
+        1000, ge=1, le=200_000, description="Optimizer steps (an upper bound with early stopping)."
+    )
     batch_size: int = Field(256, ge=1, le=65_536, description="Items per step.")
     lr: float = Field(3e-3, gt=0, le=1, description="Adam learning rate.")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds init, batches and noise.")
     eval_interval: int = Field(
         0, ge=0, le=200_000, description="Evaluate test NLL every N steps (0: only at the end)."
+    )
+    val_fraction: float = Field(
+        0.2,
+        ge=0,
+        le=0.5,
+        description=(
+            "Share of the training series held out for validation (series data; at most 256 "
+            "series). 0: train on all and run every iteration."
+        ),
+    )
+    val_interval: int = Field(
+        0, ge=0, le=200_000, description="Validate every N steps (0: every iterations/40, 5 to 50)."
+    )
+    patience: int = Field(
+        300,
+        ge=0,
+        le=200_000,
+        description="Stop after this many steps without a better validation score (0: never).",
+    )
+    min_iterations: int = Field(
+        300, ge=0, le=200_000, description="No early stop or LR drop before this step."
+    )
+    lr_schedule: Literal["plateau", "constant"] = Field(
+        "plateau",
+        description=(
+            "plateau: halve lr after lr_patience steps without a better validation score (down "
+            "to lr/64); constant: keep lr. Needs validation; without it lr is constant."
+        ),
+    )
+    lr_patience: int = Field(
+        100, ge=1, le=200_000, description="Steps without improvement per plateau LR halving."
     )
 
 
@@ -81,6 +121,7 @@ class TrainState:
     generator_state: torch.Tensor
     history: list[dict[str, float]]
     wall_s: float
+    early_stopping: dict[str, Any] | None = None
 
 
 @dataclass
@@ -93,6 +134,8 @@ class FitResult:
     nfe_forward: int
     nfe_backward: int
     state: TrainState
+    best_iteration: int = 0
+    stopped_early: bool = False
 
 
 def init_model(
@@ -120,6 +163,7 @@ def _snapshot(
     iteration: int,
     history: list[dict[str, float]],
     wall_s: float,
+    stopper: EarlyStopping | None,
 ) -> TrainState:
     return TrainState(
         iteration=iteration,
@@ -128,7 +172,25 @@ def _snapshot(
         generator_state=generator.get_state(),
         history=list(history),
         wall_s=wall_s,
+        early_stopping=copy.deepcopy(stopper.state_dict()) if stopper is not None else None,
     )
+
+
+def _with_validation(model: DensityModel, data: TrainingData, config: TrainConfig) -> TrainingData:
+    """``data`` with a validation split when the model can score one and the data can split."""
+    split = getattr(data, "with_validation", None)
+    if config.val_fraction <= 0 or split is None or not model.can_validate:
+        return data
+    return split(config.val_fraction, config.seed)
+
+
+def _validate(model: DensityModel, data: TrainingData) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        return dict(model.validate(data.val))  # type: ignore[attr-defined]
+    finally:
+        model.train(was_training)
 
 
 def _evaluate(model: DensityModel, data: TrainingData, config: TrainConfig) -> dict[str, float]:
@@ -156,14 +218,26 @@ def fit(
     on_checkpoint: Callable[[TrainState], None] | None = None,
     resume: TrainState | None = None,
 ) -> FitResult:
-    """Train ``model`` on ``data`` for ``config.iterations`` steps.
+    """Train ``model`` on ``data`` for at most ``config.iterations`` steps (see the module doc).
+
+    With a validation split the model ends with its best validated weights, ``metrics`` include
+    the best validation metrics plus ``best_iteration``, and the progress event of a step that
+    stops the run early has ``total == iteration``.
 
     Raises:
         TrainingCanceled: ``should_stop()`` returned True (checked before every step).
         SolverError: the ODE solver failed or the loss became non-finite.
     """
+    data = _with_validation(model, data, config)
     optimizer = _optimizer(model, config)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    validating = bool(getattr(data, "val", None))
+    stopper = (
+        EarlyStopping(config.patience, config.lr_patience, config.min_iterations, config.lr)
+        if validating
+        else None
+    )
+    val_interval = config.val_interval or auto_val_interval(config.iterations)
     history: list[dict[str, float]] = []
     start_iteration, wall_offset = 0, 0.0
     if resume is not None:
@@ -172,11 +246,14 @@ def fit(
         generator.set_state(resume.generator_state)
         history = list(resume.history)
         start_iteration, wall_offset = resume.iteration, resume.wall_s
+        if stopper is not None and resume.early_stopping is not None:
+            stopper.load_state_dict(copy.deepcopy(resume.early_stopping))
     else:
         model.prepare(data)
     model.train()
     started = time.perf_counter()
     metrics: dict[str, float] = {}
+    iteration, stopped = start_iteration, False
     for iteration in range(start_iteration + 1, config.iterations + 1):
         if should_stop is not None and should_stop():
             raise TrainingCanceled(f"run canceled before iteration {iteration}", value=iteration)
@@ -194,6 +271,11 @@ def fit(
             out.loss.backward()
         optimizer.step()
         nfe_forward, nfe_backward = model.nfe.forward, model.nfe.backward  # before evaluation
+        stats = dict(out.stats)
+        if stopper is not None and (iteration % val_interval == 0 or iteration == config.iterations):
+            stats |= {"lr": optimizer.param_groups[0]["lr"], **_validate(model, data)}
+            schedule = optimizer if config.lr_schedule == "plateau" else None
+            stopped = stopper.update(stats["val_score"], iteration, model, schedule, stats)
         wall = wall_offset + time.perf_counter() - started
         record = {
             "iteration": iteration,
@@ -201,7 +283,7 @@ def fit(
             "loss": loss_value,
             "nfe_forward": nfe_forward,
             "nfe_backward": nfe_backward,
-            **{k: v for k, v in out.stats.items() if k not in ("loss",)},
+            **{k: v for k, v in stats.items() if k not in ("loss",)},
         }
         if config.eval_interval and iteration % config.eval_interval == 0:
             metrics = _evaluate(model, data, config)
@@ -211,18 +293,26 @@ def fit(
             on_progress(
                 ProgressEvent(
                     iteration=iteration,
-                    total=config.iterations,
+                    total=iteration if stopped else config.iterations,
                     loss=loss_value,
                     nfe_forward=nfe_forward,
                     nfe_backward=nfe_backward,
                     wall_s=wall,
-                    stats=dict(out.stats),
+                    stats=stats,
                 )
             )
         if on_checkpoint is not None and checkpoint_every and iteration % checkpoint_every == 0:
-            on_checkpoint(_snapshot(model, optimizer, generator, iteration, history, wall))
+            on_checkpoint(_snapshot(model, optimizer, generator, iteration, history, wall, stopper))
+        if stopped:
+            break
+    if stopper is not None and stopper.best_state is not None:
+        stopper.restore_best(model)
+        metrics = {}  # test metrics of the restored weights, not of the last step
     if not metrics or not history or "test_nll" not in history[-1]:
         metrics = _evaluate(model, data, config)
+    if stopper is not None:
+        best = {k: v for k, v in stopper.best_metrics.items() if k.startswith("val_")}
+        metrics |= best | {"best_iteration": stopper.best_iteration, "iterations_run": iteration}
     wall = wall_offset + time.perf_counter() - started
     tail = [h["loss"] for h in history[-10:]]
     last = history[-1] if history else {}
@@ -230,9 +320,11 @@ def fit(
         history=history,
         final_loss=sum(tail) / len(tail) if tail else float("nan"),
         metrics=metrics,
-        iterations=config.iterations,
+        iterations=iteration,
         wall_s=wall,
         nfe_forward=int(last.get("nfe_forward", 0)),
         nfe_backward=int(last.get("nfe_backward", 0)),
-        state=_snapshot(model, optimizer, generator, config.iterations, history, wall),
+        state=_snapshot(model, optimizer, generator, iteration, history, wall, stopper),
+        best_iteration=stopper.best_iteration if stopper is not None else iteration,
+        stopped_early=stopped,
     )

@@ -106,6 +106,25 @@ class PredictOut(BaseModel):
     std: list[list[float | None]] = Field(..., description="(P, D) posterior predictive std.")
     n_samples: int
     seed: int
+    val_rmse: float | None = Field(
+        None,
+        description=(
+            "Forecast RMSE of the model on the run's validation series (each one's held-out "
+            "second half predicted from its first half), in data units; null for runs trained "
+            "before validation existed."
+        ),
+    )
+    val_rmse_last_value: float | None = Field(
+        None,
+        description="The same RMSE for repeating each series' last observed value.",
+    )
+    beats_last_value: bool | None = Field(
+        None,
+        description=(
+            "val_rmse < val_rmse_last_value. False: on held-out data this model forecast worse "
+            "than repeating the last observation; prefer the baseline or retrain."
+        ),
+    )
 
 
 class TrajectoryOut(BaseModel):

@@ -25,6 +25,7 @@ __all__ = [
     "series_log_density",
     "split_missing",
     "trajectories",
+    "validation_rmse",
 ]
 
 Nested = list[list[float | None]]
@@ -97,6 +98,14 @@ def _check_predict_memory(entry: CachedModel, body: PredictRequest, budget: int)
         fix=f"{fix}, or split predict_times over several requests",
         field="n_samples" if fits else "predict_times",
     )
+
+
+def validation_rmse(entry: CachedModel) -> tuple[float | None, float | None]:
+    """(model, last-value baseline) forecast RMSE on the run's validation series; None if unknown."""
+    found = [getattr(entry.model, name, None) for name in ("val_rmse", "val_rmse_last_value")]
+    values = [float(v) if v is not None else math.nan for v in found]
+    model, baseline = (v if math.isfinite(v) else None for v in values)
+    return model, baseline
 
 
 def parse_times_param(text: str, field: str = "t") -> list[float]:

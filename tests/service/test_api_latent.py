@@ -109,6 +109,26 @@ def test_predict_shapes_determinism_and_agreement_with_the_core(client, latent_r
     assert len(point["mean"]) == 4
 
 
+def test_predict_reports_validation_rmse_of_model_and_last_value(client, latent_run, settings):
+    body = {"run_id": latent_run["id"], **OBSERVED, "predict_times": [2.0]}
+    out = client.post("/predict", json=body).json()
+    model = _core_model(settings, latent_run["id"])
+    assert out["val_rmse"] == pytest.approx(float(model.val_rmse))
+    assert out["val_rmse_last_value"] == pytest.approx(float(model.val_rmse_last_value))
+    assert out["val_rmse"] > 0 and out["val_rmse_last_value"] > 0
+    assert out["beats_last_value"] == (out["val_rmse"] < out["val_rmse_last_value"])
+
+
+def test_checkpoint_without_validation_buffers_loads_as_unknown(settings, latent_run):
+    model = _core_model(settings, latent_run["id"])
+    assert math.isfinite(float(model.val_rmse))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("val_")}
+    fresh = init_model("latent_ode", SMALL, 1, SOLVER, seed=0)
+    fresh.load_state_dict(state)  # an older checkpoint: no validation buffers
+    assert math.isnan(float(fresh.val_rmse)) and math.isnan(float(fresh.val_rmse_last_value))
+    assert torch.equal(fresh.loc, model.loc) and torch.equal(fresh.time_scale, model.time_scale)
+
+
 def test_sample_returns_prior_trajectories(client, latent_run):
     params = {"run_id": latent_run["id"], "n": 3, "seed": 2, "t": "0,0.5,1.0,2.5"}
     got = client.get("/sample", params=params)

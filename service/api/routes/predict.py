@@ -14,7 +14,7 @@ from service.schemas.series import (
     PredictOut,
     PredictRequest,
 )
-from service.serving.series_queries import predict
+from service.serving.series_queries import predict, validation_rmse
 
 __all__ = ["router"]
 
@@ -46,10 +46,14 @@ def predict_post(
     Query times inside the observed span interpolate, later ones extrapolate. ``mean`` and ``std``
     are (P, D): the mean and spread of ``n_samples`` decoded draws of ``z0 ~ q(z0 | series)``
     (plus the observation noise unless ``include_noise`` is false); the same ``seed`` gives the same
-    answer.
+    answer. ``val_rmse`` and ``val_rmse_last_value`` say how the model forecast the run's held-out
+    validation series against repeating their last value: a model that does not beat the baseline
+    (``beats_last_value`` false) should not be trusted for extrapolation.
     """
     row, entry = served_model(session, cache, body.run_id, kind="series")
     mean, std = predict(entry, body, settings.query_memory_bytes)
+    val_rmse, val_baseline = validation_rmse(entry)
+    beats = None if val_rmse is None or val_baseline is None else val_rmse < val_baseline
     return PredictOut(
         run_id=row.id,
         predict_times=body.predict_times,
@@ -57,4 +61,7 @@ def predict_post(
         std=std,
         n_samples=body.n_samples,
         seed=body.seed,
+        val_rmse=val_rmse,
+        val_rmse_last_value=val_baseline,
+        beats_last_value=beats,
     )

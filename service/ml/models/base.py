@@ -86,6 +86,17 @@ class DensityModel(nn.Module, ABC):
         no-grad query; serving splits larger queries into chunks within its budget (0: unbounded)."""
         return 0
 
+    # True for models whose ``validate`` scores held-out items; ``fit`` then early-stops on it.
+    can_validate: ClassVar[bool] = False
+
+    def validate(self, items: Any) -> dict[str, float]:
+        """Held-out score of ``items``: at least ``val_score`` (lower is better), other ``val_*`` keys.
+
+        Only called when ``can_validate``; the model may record the numbers (e.g. in buffers) so a
+        checkpoint of the best weights carries them.
+        """
+        raise NotImplementedError(f"{self.name} does not validate")
+
     def prepare(self, data: Any) -> None:  # noqa: B027 - optional hook
         """Called by ``fit`` once before the first step (e.g. to fit a data normalisation)."""
 

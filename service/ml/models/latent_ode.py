@@ -20,6 +20,12 @@ log-likelihood of all observed values of a series, in nats per series; ``test_nl
 by the number of observed scalars. ``test_mse_interp`` scores the posterior-mean prediction at the
 observed prefix, ``test_mse_extrap``/``test_rmse_extrap`` at the held-out tail, and
 ``test_rmse_extrap_baseline`` predicts the last observed value of each channel.
+
+Validation (``validate``, used by ``fit`` to stop early and keep the best weights) decodes the
+posterior mean from each held-out series' prefix and scores its tail: ``val_score`` is the MSE in
+standardised units, ``val_rmse`` and ``val_rmse_last_value`` the RMSE of the model and of the
+last-value baseline in data units. The last two are kept as buffers, so a checkpoint tells
+``POST /predict`` whether the model beats the baseline (NaN for checkpoints written before).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from service.ml.models.latent_parts import (
     LatentDynamics,
     RecognitionRNN,
     gather_times,
+    last_observed,
     masked_gaussian_log_density,
     mlp,
     normal_kl,
@@ -107,6 +114,8 @@ class LatentODE(DensityModel):
     name = "latent_ode"
     config_class = LatentODEConfig
     data_kind = "series"
+    can_validate = True
+    VALIDATION_BUFFERS = ("val_rmse", "val_rmse_last_value")
 
     def __init__(self, config: LatentODEConfig, dim: int, solver: SolverConfig) -> None:
         super().__init__(config, dim, solver)
@@ -125,6 +134,14 @@ class LatentODE(DensityModel):
         self.register_buffer("scale", torch.ones(dim))
         self.register_buffer("time_scale", torch.tensor(1.0))
         self.register_buffer("train_span", torch.tensor(config.time_horizon))
+        for name in self.VALIDATION_BUFFERS:
+            self.register_buffer(name, torch.tensor(math.nan))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        # Checkpoints from before validation have no validation buffers: they load as unknown (NaN).
+        for name in self.VALIDATION_BUFFERS:
+            state_dict.setdefault(prefix + name, torch.tensor(math.nan))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     # ----------------------------------------------------------------- normalisation
     def prepare(self, data: Any) -> None:
@@ -295,7 +312,7 @@ class LatentODE(DensityModel):
             sums["interp"] += float(((pred - batch.values).square() * prefix).sum())
             sums["n_interp"] += float(prefix.sum())
             sums["extrap"] += float(((pred - batch.values).square() * tail).sum())
-            last = self._last_observed(batch.values, prefix)
+            last = last_observed(batch.values, prefix, self.loc)
             sums["base"] += float(((last - batch.values).square() * tail).sum())
             sums["n_ext"] += float(tail.sum())
         metrics = {
@@ -312,13 +329,41 @@ class LatentODE(DensityModel):
             }
         return metrics
 
-    def _last_observed(self, values: Tensor, prefix: Tensor) -> Tensor:
-        """Last observed prefix value of each channel, broadcast over time: (B, T, D)."""
-        length = values.shape[1]
-        position = torch.arange(length, device=values.device).view(1, -1, 1) * prefix
-        last = torch.gather(values, 1, position.argmax(1, keepdim=True).long())
-        seen = prefix.sum(1, keepdim=True) > 0
-        return torch.where(seen, last, self.loc).expand_as(values)
+    @torch.no_grad()
+    def validate(self, items: Sequence[Series]) -> dict[str, float]:
+        """Forecast errors of held-out series (see the module doc); sets the validation buffers.
+
+        Series without a held-out tail are scored on their prefix (reconstruction).
+        """
+        sums = torch.zeros(4, dtype=torch.float64)  # sq. error std units, data units, baseline, n
+        for start in range(0, len(items), EVAL_CHUNK):
+            batch, values, tau = self._standardise(items[start : start + EVAL_CHUNK])
+            prefix, target = batch.prefix_mask(), batch.tail_mask()
+            target = target if bool(target.sum() > 0) else prefix
+            mean, _ = self.posterior(batch, values, tau)
+            error = (self.decode(mean.unsqueeze(0), tau)[0] - values) * target
+            baseline = (last_observed(batch.values, prefix, self.loc) - batch.values) * target
+            sums += (
+                torch.stack(
+                    [
+                        error.square().sum(),
+                        (error * self.scale).square().sum(),
+                        baseline.square().sum(),
+                        target.sum(),
+                    ]
+                )
+                .double()
+                .cpu()
+            )
+        n = float(sums[3].clamp_min(1))
+        metrics = {
+            "val_score": float(sums[0]) / n,
+            "val_rmse": math.sqrt(float(sums[1]) / n),
+            "val_rmse_last_value": math.sqrt(float(sums[2]) / n),
+        }
+        for name in self.VALIDATION_BUFFERS:
+            getattr(self, name).fill_(metrics[name])
+        return metrics
 
     # ----------------------------------------------------------------- serving
     @torch.no_grad()

@@ -23,6 +23,7 @@ __all__ = [
     "LatentDynamics",
     "RecognitionRNN",
     "gather_times",
+    "last_observed",
     "masked_gaussian_log_density",
     "mlp",
     "normal_kl",
@@ -169,3 +170,15 @@ def normal_kl(mean: Tensor, std: Tensor) -> Tensor:
 def normal_log_density(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """``log N(z; mean, diag std^2)`` summed over the last axis."""
     return (-0.5 * (((z - mean) / std).square() + LOG_2PI) - std.log()).sum(-1)
+
+
+def last_observed(values: Tensor, prefix: Tensor, fill: Tensor) -> Tensor:
+    """Last observed prefix value of each channel, broadcast over time: (B, T, D) -> (B, T, D).
+
+    ``prefix`` (B, T, D) masks the observed prefix entries; a channel never observed gets ``fill`` (D,).
+    """
+    length = values.shape[1]
+    position = torch.arange(length, device=values.device).view(1, -1, 1) * prefix
+    last = torch.gather(values, 1, position.argmax(1, keepdim=True).long())
+    seen = prefix.sum(1, keepdim=True) > 0
+    return torch.where(seen, last, fill).expand_as(values)
