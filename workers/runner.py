@@ -21,7 +21,7 @@ from service.config import Settings
 from service.db import RunRow, SessionFactory, session_scope
 from service.db import repository as repo
 from service.db.leases import checkpoint_lease
-from service.ml.checkpoint import load_checkpoint, save_checkpoint
+from service.ml.checkpoint import discard_previous, load_checkpoint, save_checkpoint
 from service.ml.data import DATASETS, PointData, load_dataset, point_data_from_tensor
 from service.ml.errors import ConfigError, DataError, OdeServeError, TrainingCanceled
 from service.ml.models import stored_model_config
@@ -179,6 +179,7 @@ class Recorder:
                 extra=self.extra,
             )
             repo.record_checkpoint(session, self.attempt, sha256=digest, iteration=state.iteration)
+        discard_previous(self.store.run_dir(self.attempt.run_id))  # the new digest is committed
         self.log.info("checkpoint at iteration %d (%s)", state.iteration, digest[:12])
 
 
@@ -289,6 +290,7 @@ def _train(
                 iteration=result.iterations,
                 wall_s=result.wall_s,
             )
+        discard_previous(store.run_dir(run_id))
         rlog.info("succeeded in %.1fs: %s", result.wall_s, metrics)
         return "succeeded"
     except repo.StaleAttempt as exc:

@@ -9,15 +9,21 @@ Layout of a checkpoint directory::
                         score and weights; optional, for resuming)
     manifest.json       format version and the sha256 of every file; written last
 
-The directory is assembled beside its target and moved into place by rename, so a reader never
-sees a half-written checkpoint. ``digest`` (sha256 over the file hashes) is what the service stores
-to verify a checkpoint before serving it.
+The directory is assembled beside its target, fsynced, and moved into place by rename, so a reader
+never sees a half-written checkpoint. ``digest`` (sha256 over the file hashes) is what the service
+stores to verify a checkpoint before serving it.
+
+The checkpoint being replaced is kept beside the new one as ``.<name>.prev-<digest>`` until the
+caller has committed the new digest to the database and calls :func:`discard_previous`. A crash in
+between (kill -9, a database drop, a time limit) leaves the database naming the previous digest, and
+:func:`load_checkpoint` finds that checkpoint by its digest: no progress is lost.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -36,6 +42,7 @@ __all__ = [
     "FORMAT_VERSION",
     "LoadedCheckpoint",
     "checkpoint_digest",
+    "discard_previous",
     "load_checkpoint",
     "save_checkpoint",
 ]
@@ -115,6 +122,9 @@ def save_checkpoint(
         digest = _combine(files)
         manifest = {"format_version": FORMAT_VERSION, "files": files, "digest": digest}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        for path in staging.iterdir():
+            _fsync(path)
+        _fsync(staging)
         _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -122,14 +132,65 @@ def save_checkpoint(
     return digest
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's contents to disk (directories: their entries)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _recorded_digest(directory: Path) -> str | None:
+    try:
+        digest = json.loads((directory / MANIFEST).read_text()).get("digest")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) and digest.isalnum() else None
+
+
+def _previous(target: Path, digest: str) -> Path:
+    return target.parent / f".{target.name}.prev-{digest}"
+
+
 def _swap_into_place(staging: Path, target: Path) -> None:
-    old = None
+    """Move ``staging`` to ``target``, keeping the replaced checkpoint as ``.<name>.prev-<digest>``."""
     if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
-        target.rename(old)
+        digest = _recorded_digest(target)
+        kept = _previous(target, digest) if digest else target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
+        if kept.exists():  # the same checkpoint kept before (a retried save): the older copy goes
+            shutil.rmtree(kept, ignore_errors=True)
+        target.rename(kept)
     staging.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    _fsync(target.parent)
+
+
+def discard_previous(directory: Path | str) -> int:
+    """Remove kept previous checkpoints and leftovers of interrupted saves beside ``directory``.
+
+    Call it once the digest of the checkpoint now at ``directory`` is committed. Returns how many
+    entries were removed.
+    """
+    target = Path(directory)
+    if not target.parent.is_dir():
+        return 0
+    removed = 0
+    for kind in ("prev", "old", "tmp"):
+        for path in target.parent.glob(f".{target.name}.{kind}-*"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _locate(directory: Path, expected_digest: str | None) -> Path:
+    """``directory``, or the kept previous checkpoint when that one has the expected digest."""
+    if expected_digest is None or _recorded_digest(directory) == expected_digest:
+        return directory
+    if expected_digest.isalnum():
+        kept = _previous(directory, expected_digest)
+        if (kept / MANIFEST).is_file():
+            return kept
+    return directory
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
@@ -191,8 +252,12 @@ def load_checkpoint(
     expected_digest: str | None = None,
     with_state: bool = False,
 ) -> LoadedCheckpoint:
-    """Verify and load a checkpoint; the model is returned in eval mode."""
-    directory = Path(directory)
+    """Verify and load a checkpoint; the model is returned in eval mode.
+
+    With ``expected_digest``, a kept previous checkpoint with that digest is loaded when the one at
+    ``directory`` is newer but not yet committed (see the module doc).
+    """
+    directory = _locate(Path(directory), expected_digest)
     manifest = _read_manifest(directory)
     digest = _verify(directory, manifest, expected_digest)
     meta = json.loads((directory / "config.json").read_text())

@@ -81,7 +81,11 @@ class ModelStore:
         return self.root / "sweeps" / _uuid(sweep_id) / f"plot-{key}.png"
 
     def remove_run(self, run_id: uuid.UUID | str) -> None:
-        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+        """Remove the run's directory and any kept previous checkpoints or leftovers beside it."""
+        target = self.run_dir(run_id)
+        shutil.rmtree(target, ignore_errors=True)
+        for leftover in target.parent.glob(f".{target.name}.*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def save_points(self, dataset_id: uuid.UUID | str, points: Tensor) -> str:
         """Store ``(N, D)`` points atomically; returns the file's sha256."""
