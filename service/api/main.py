@@ -25,7 +25,7 @@ from service.api.hot_density import PATH as HOT_PATH
 from service.api.hot_density import HotDensity
 from service.api.limits import BodyLimitMiddleware
 from service.api.openapi_doc import install_openapi
-from service.api.routes import ROUTERS, ops
+from service.api.routes import ROUTERS, events, ops
 from service.api.serving import confirmed_run
 from service.api.telemetry import Telemetry, TelemetryMiddleware
 from service.config import Settings, get_settings
@@ -128,6 +128,8 @@ def create_app(
     for router in ROUTERS:
         if router is ops.router:  # probes and metrics stay open (orchestrators call them)
             app.include_router(router)
+        elif router is events.router:  # reads the key from the header or ?api_key= (EventSource)
+            app.include_router(router, responses=AUTH_RESPONSES)
         else:
             app.include_router(router, dependencies=[Depends(require_read_key)], responses=AUTH_RESPONSES)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, exempt=("/datasets",))
