@@ -28,6 +28,7 @@ from service.api.openapi_doc import install_openapi
 from service.api.routes import ROUTERS, events, ops
 from service.api.serving import confirmed_run
 from service.api.telemetry import Telemetry, TelemetryMiddleware
+from service.api.ui import install_ui
 from service.config import Settings, get_settings
 from service.db import SessionFactory, make_engine, make_session_factory
 from service.jobs.queue import CeleryDispatcher, Dispatcher
@@ -144,5 +145,6 @@ def create_app(
     if not settings.protect_reads and not settings.cors_origin_list:  # hot path sends no auth/CORS
         app.hot_density = HotDensity(app.state.model_cache, app.state.telemetry)
     app.add_middleware(TelemetryMiddleware, telemetry=app.state.telemetry)
+    install_ui(app)
     install_openapi(app)
     return app
