@@ -4,10 +4,11 @@ The stream is built from what the worker already writes to the database: every
 ``ODESERVE_EVENTS_POLL_S`` the route reads the run's row and its new metric rows in the threadpool
 (a session per poll, closed before the next sleep: no connection is held while waiting) and sends
 
-- ``status``: ``{"status", "error"}`` whenever the status changes;
 - ``progress``: ``{"iteration", "total", "fraction", "eta_s"}`` whenever the counters change;
 - ``metrics``: ``{"points": [MetricPoint, ...], "summary": {...}}`` with the new per-iteration rows
-  (the run's ``metrics`` object as ``summary``); its ``id:`` is the newest iteration sent.
+  (the run's ``metrics`` object as ``summary``); its ``id:`` is the newest iteration sent;
+- ``status``: ``{"status", "error"}`` whenever the status changes, after the other two of the same
+  poll (a client may close at a terminal status: it has the final progress and metrics).
 
 A connection first gets ``retry:`` and a snapshot of all three (``metrics`` holds the newest point,
 or with ``Last-Event-ID: <iteration>`` every point after that iteration, at most 1000). A comment
@@ -106,10 +107,6 @@ class _Stream:
 
     def events(self, poll: _Poll) -> list[str]:
         run, out = poll.run, []
-        if run.status.value != self.status:
-            self.status = run.status.value
-            error = run.error.model_dump() if run.error else None
-            out.append(_event("status", {"status": self.status, "error": error}))
         progress = run.progress.model_dump()
         if progress != self.progress:
             self.progress = progress
@@ -119,6 +116,10 @@ class _Stream:
                 self.after = int(poll.points[-1]["iteration"])
             self.summary = run.metrics
             out.append(_event("metrics", {"points": poll.points, "summary": run.metrics}, self.after))
+        if run.status.value != self.status:  # last: a client may stop reading at a terminal status
+            self.status = run.status.value
+            error = run.error.model_dump() if run.error else None
+            out.append(_event("status", {"status": self.status, "error": error}))
         return out
 
     @property

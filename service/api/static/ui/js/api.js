@@ -1,5 +1,6 @@
 // HTTP helpers: the API key (localStorage), JSON calls, problem+json messages, images, events.
 const KEY = "odeserve.apiKey";
+export const TERMINAL = ["succeeded", "failed", "canceled"];
 
 export const getKey = () => localStorage.getItem(KEY) || "";
 export const setKey = (value) => (value ? localStorage.setItem(KEY, value) : localStorage.removeItem(KEY));
@@ -65,17 +66,56 @@ export async function loadImage(img, path, onError) {
   }
 }
 
-// EventSource cannot send headers: the key rides as ?api_key= on this route only.
+// Live events of a run. Without a key: EventSource. With one: the same stream read through fetch,
+// so the key goes in the Authorization header, never in a URL (access logs keep URLs).
 export function runEvents(runId, handlers) {
-  const key = getKey();
-  const source = new EventSource(`/runs/${runId}/events${query({ api_key: key })}`);
-  for (const name of ["status", "progress", "metrics"]) {
-    source.addEventListener(name, (event) => handlers[name]?.(JSON.parse(event.data)));
+  const path = `/runs/${runId}/events`;
+  let stopped = false;
+  const dispatch = (name, data, close) => {
+    handlers[name]?.(data);
+    if (name === "status" && TERMINAL.includes(data.status)) close();
+  };
+  if (!getKey()) {
+    const source = new EventSource(path);
+    const close = () => source.close();
+    for (const name of ["status", "progress", "metrics"]) {
+      source.addEventListener(name, (event) => dispatch(name, JSON.parse(event.data), close));
+    }
+    return { close };
   }
-  source.addEventListener("status", (event) => {
-    if (["succeeded", "failed", "canceled"].includes(JSON.parse(event.data).status)) source.close();
-  });
-  return source;
+  const controller = new AbortController();
+  const close = () => { stopped = true; controller.abort(); };
+  (async () => {
+    let lastId = null, delay = 2000;
+    while (!stopped) {
+      const extra = lastId === null ? {} : { "Last-Event-ID": lastId };
+      const response = await fetch(path, { headers: headers(extra), signal: controller.signal }).catch(() => null);
+      if (response && !response.ok) return; // 401/403/404: reconnecting will not help
+      if (response) {
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read().catch(() => ({ done: true }));
+          if (done) break;
+          buffer += value;
+          let cut;
+          while ((cut = buffer.indexOf("\n\n")) >= 0) {
+            const frame = { data: "" };
+            for (const line of buffer.slice(0, cut).split("\n")) {
+              const [name, ...rest] = line.split(":");
+              frame[name] = rest.join(":").replace(/^ /, "");
+            }
+            buffer = buffer.slice(cut + 2);
+            if (frame.id) lastId = frame.id;
+            if (frame.retry) delay = Number(frame.retry) || delay;
+            if (frame.event && !stopped) dispatch(frame.event, JSON.parse(frame.data), close);
+          }
+        }
+      }
+      if (!stopped) await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+  })();
+  return { close };
 }
 
 export function el(tag, attrs = {}, ...children) {
@@ -111,4 +151,3 @@ export function progressBar(progress, status) {
   return wrap;
 }
 
-export const TERMINAL = ["succeeded", "failed", "canceled"];
