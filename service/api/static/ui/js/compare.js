@@ -10,9 +10,17 @@ function grid(names, rows) {
 
 async function fallback(view, ids) {
   const runs = (await Promise.all(ids.map((id) => api("GET", `/runs/${id}`)))).filter((r) => r.ok).map((r) => r.body);
+  const flat = runs.map((r) => Object.fromEntries(["solver", "training", "model_config"]
+    .flatMap((section) => Object.entries(r[section] || {}).map(([k, v]) => [`${section}.${k}`, JSON.stringify(v)]))));
+  const paths = [...new Set(flat.flatMap(Object.keys))].sort();
+  const differ = paths.filter((p) => new Set(flat.map((f) => f[p])).size > 1);
+  const settings = Object.fromEntries(differ.map((p) => [p, flat.map((f) => (f[p] === undefined ? null : JSON.parse(f[p])))]));
   const keys = [...new Set(runs.flatMap((r) => Object.keys(r.metrics || {})))].sort();
   const metrics = Object.fromEntries(keys.map((k) => [k, runs.map((r) => r.metrics?.[k] ?? null)]));
-  view.append(el("h2", {}, "Metrics"), grid(runs.map((r) => r.name || r.id.slice(0, 8)), metrics));
+  const names = () => runs.map((r) => el("a", { href: `#/runs/${r.id}` }, r.name || r.id.slice(0, 8)));
+  view.append(el("h2", {}, "Settings that differ"),
+    differ.length ? grid(names(), settings) : el("p", { class: "muted" }, "All settings are equal."),
+    el("h2", {}, "Metrics"), grid(names(), metrics));
 }
 
 export async function renderCompare(view, ids) {
