@@ -4,7 +4,7 @@
 Start a short run from the training form, watch its progress bar (fed by the SSE stream) reach
 100 %, open its page and see the density picture loaded. With ``CI=true`` a missing Playwright or
 Chromium fails the test; elsewhere it skips. Never ``playwright install``: the browser is
-``apt-get install chromium``.
+``apt-get install chromium`` (``ODESERVE_TEST_CHROMIUM`` names another binary).
 """
 
 from __future__ import annotations
