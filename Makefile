@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed-dev
 # with another CUDA build can install the package. Override: make test TORCH_PIN='torch==2.5.1'.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: run test install lint format openapi migrate bench clean
+.PHONY: run test install browser lint format openapi migrate bench clean
+# The browser tests drive Debian's Chromium (never `playwright install`); CI=true fails without it.
+CHROMIUM ?= /usr/bin/chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +20,16 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q chromium; \
+	  else \
+	    echo "note: the browser tests need Chromium at $(CHROMIUM): sudo apt-get install -y chromium"; \
+	    echo "      (they skip without it, and fail with CI=true)"; \
+	  fi; }
 
 run: install migrate
 	$(BIN)/odeserve up

@@ -37,6 +37,9 @@
 | ``ODESERVE_API_KEYS`` | unset | Comma-separated API keys; when set, mutating routes need ``Bearer`` |
 | ``ODESERVE_PROTECT_READS`` | ``false`` | With keys set, read routes need a key too (ops routes never) |
 | ``ODESERVE_CORS_ORIGINS`` | unset | Comma-separated allowed origins; unset = no CORS headers at all |
+| ``ODESERVE_EVENTS_POLL_S`` | ``0.5`` | ``GET /runs/{id}/events`` reads the run's rows this often |
+| ``ODESERVE_EVENTS_HEARTBEAT_S`` | ``15`` | An idle event stream sends a comment line this often |
+| ``ODESERVE_EVENTS_MAX_S`` | ``300`` | An event stream ends after this; the client reconnects |
 
 Fixed limits (part of the API contract, shown in OpenAPI; 4xx problem+json above them):
 
@@ -123,6 +126,9 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = Field(None, description="Comma-separated; never logged.")
     protect_reads: bool = False
     cors_origins: str = ""
+    events_poll_s: float = Field(0.5, ge=0.01, le=60)
+    events_heartbeat_s: float = Field(15.0, gt=0, le=300)
+    events_max_s: float = Field(300.0, gt=0, le=86400)
 
     @property
     def hard_time_limit(self) -> int:

@@ -25,9 +25,10 @@ from service.api.hot_density import PATH as HOT_PATH
 from service.api.hot_density import HotDensity
 from service.api.limits import BodyLimitMiddleware
 from service.api.openapi_doc import install_openapi
-from service.api.routes import ROUTERS, ops
+from service.api.routes import ROUTERS, events, ops
 from service.api.serving import confirmed_run
 from service.api.telemetry import Telemetry, TelemetryMiddleware
+from service.api.ui import install_ui
 from service.config import Settings, get_settings
 from service.db import SessionFactory, make_engine, make_session_factory
 from service.jobs.queue import CeleryDispatcher, Dispatcher
@@ -128,6 +129,8 @@ def create_app(
     for router in ROUTERS:
         if router is ops.router:  # probes and metrics stay open (orchestrators call them)
             app.include_router(router)
+        elif router is events.router:  # reads the key from the header or ?api_key= (EventSource)
+            app.include_router(router, responses=AUTH_RESPONSES)
         else:
             app.include_router(router, dependencies=[Depends(require_read_key)], responses=AUTH_RESPONSES)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, exempt=("/datasets",))
@@ -142,5 +145,6 @@ def create_app(
     if not settings.protect_reads and not settings.cors_origin_list:  # hot path sends no auth/CORS
         app.hot_density = HotDensity(app.state.model_cache, app.state.telemetry)
     app.add_middleware(TelemetryMiddleware, telemetry=app.state.telemetry)
+    install_ui(app)
     install_openapi(app)
     return app

@@ -1,0 +1,122 @@
+// One run: live status and progress, its plots, density/sample queries, cancel/retry/tags.
+import { api, el, fmt, loadImage, problemText, progressBar, query, runEvents, TERMINAL, unsupported } from "./api.js";
+import { flash, onLeave } from "./app.js";
+import { scatter } from "./scatter.js";
+
+const PLOTS = { ffjord: ["density", "samples", "loss"], latent_ode: ["forecast", "loss"] };
+
+function table(obj) {
+  const rows = Object.entries(obj || {}).map(([k, v]) =>
+    el("tr", {}, el("th", {}, k), el("td", { class: "num" }, typeof v === "object" ? JSON.stringify(v) : fmt(v, 6))));
+  return el("table", {}, el("tbody", {}, rows));
+}
+
+function plotFigure(runId, kind) {
+  const img = el("img", { id: `plot-${kind}`, alt: `${kind} plot` });
+  const caption = el("figcaption", {}, kind);
+  const figure = el("figure", {}, img, caption);
+  figure.refresh = async () => {
+    const ok = await loadImage(img, `/runs/${runId}/plots/${kind}.png`, (msg) => (caption.textContent = `${kind}: ${msg}`));
+    if (ok) caption.textContent = kind;
+  };
+  return figure;
+}
+
+function queryForms(run, out) {
+  const points = el("textarea", { id: "density-points", rows: 4, cols: 30 }, run.dataset?.dim === 1 ? "0.5\n1.0" : "0,0\n1,1\n-2,0.5");
+  const density = el("form", { id: "density-form" }, el("label", {}, "Points (one per line, comma-separated)", points),
+    el("button", { type: "submit" }, "Log density"));
+  density.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const rows = points.value.split("\n").map((l) => l.trim()).filter(Boolean).map((l) => l.split(/[ ,]+/).map(Number));
+    const result = await api("POST", "/density", { run_id: run.id, points: rows });
+    if (!result.ok) return out.replaceChildren(el("div", { class: "problem" }, problemText(result)));
+    out.replaceChildren(el("table", { id: "density-result" }, el("tbody", {},
+      rows.map((p, i) => el("tr", {}, el("td", {}, p.join(", ")), el("td", { class: "num" }, fmt(result.body.log_density[i], 6)))))));
+  });
+  const n = el("input", { type: "number", id: "sample-n", value: 500, min: 1, max: 10000 });
+  const seed = el("input", { type: "number", id: "sample-seed", value: 0, min: 0 });
+  const sample = el("form", { id: "sample-form", class: "row" }, el("label", {}, "n", n), el("label", {}, "seed", seed),
+    el("button", { type: "submit" }, "Sample"));
+  sample.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const result = await api("GET", `/sample${query({ run_id: run.id, n: n.value, seed: seed.value })}`);
+    if (!result.ok) return out.replaceChildren(el("div", { class: "problem" }, problemText(result)));
+    const samples = result.body.samples;
+    out.replaceChildren(el("p", {}, `${samples.length} samples (seed ${result.body.seed})`),
+      Array.isArray(samples[0]?.[0]) ? el("pre", {}, JSON.stringify(samples.slice(0, 3))) : scatter(samples));
+  });
+  return el("div", { class: "grid2" }, density, sample);
+}
+
+function actions(run, note) {
+  const bar = el("div", { class: "row" });
+  if (!TERMINAL.includes(run.status)) {
+    bar.append(el("button", { type: "button", class: "secondary", onclick: async () => {
+      const result = await api("POST", `/runs/${run.id}/cancel`);
+      note.replaceChildren(result.ok ? "Cancel requested." : el("div", { class: "problem" }, problemText(result)));
+    } }, "Cancel"));
+  }
+  if (["failed", "canceled"].includes(run.status)) {
+    bar.append(el("button", { type: "button", id: "retry-button", onclick: async () => {
+      const result = await api("POST", `/runs/${run.id}/retry`);
+      if (result.ok) { flash(`Retry started as run ${result.body.id}.`, true); location.hash = `#/runs/${result.body.id}`; }
+      else note.replaceChildren(el("div", { class: "problem" },
+        unsupported(result) && result.status !== 422 ? "This server cannot retry runs yet." : problemText(result)));
+    } }, "Retry"));
+  }
+  const tags = el("input", { id: "tags-input", value: (run.tags || []).join(", "), placeholder: "tag, tag" });
+  bar.append(el("label", {}, "Tags", tags), el("button", { type: "button", class: "secondary", onclick: async () => {
+    const list = tags.value.split(",").map((t) => t.trim()).filter(Boolean);
+    const result = await api("PATCH", `/runs/${run.id}`, { tags: list });
+    note.replaceChildren(result.ok ? "Tags saved." : el("div", { class: "problem" },
+      [404, 405].includes(result.status) ? "This server does not support tags yet." : problemText(result)));
+  } }, "Save tags"));
+  return bar;
+}
+
+export async function renderRun(view, runId) {
+  const result = await api("GET", `/runs/${runId}`);
+  if (!result.ok) return view.replaceChildren(el("div", { class: "problem" }, problemText(result)));
+  const run = result.body;
+  const status = el("span", { id: "run-status", class: `status ${run.status}` }, run.status);
+  const bar = progressBar(run.progress, run.status);
+  bar.id = "run-progress";
+  const error = el("div", { class: "error" }, run.error ? `${run.error.type}: ${run.error.detail}` : "");
+  const metrics = el("div", {}, table(run.metrics));
+  const figures = (PLOTS[run.model] || ["loss"]).map((kind) => plotFigure(run.id, kind));
+  const note = el("div");
+  const out = el("div", { id: "query-output" });
+  view.append(
+    el("h1", {}, run.name || run.id, " ", el("small", { class: "muted" }, run.id)),
+    el("div", { class: "row" }, status, bar, el("span", { class: "muted" }, `${run.model} on ${run.dataset?.name || run.dataset?.id}`)),
+    error, actions(run, note), note,
+    el("h2", {}, "Plots"), el("div", { class: "plots" }, figures),
+    el("h2", {}, "Query"), queryForms(run, out), out,
+    el("div", { class: "grid2" }, el("div", {}, el("h2", {}, "Metrics"), metrics),
+      el("div", {}, el("h2", {}, "Settings"), table({ ...prefixed("solver", run.solver), ...prefixed("training", run.training),
+        ...prefixed("model_config", run.model_config) }))),
+  );
+  const loss = figures.find((f) => f.querySelector("#plot-loss"));
+  const refreshAll = () => figures.forEach((f) => f.refresh());
+  if (TERMINAL.includes(run.status)) return refreshAll();
+  let last = 0;
+  const source = runEvents(run.id, {
+    status: (s) => {
+      status.textContent = s.status;
+      status.className = `status ${s.status}`;
+      error.textContent = s.error ? `${s.error.type}: ${s.error.detail}` : "";
+      if (TERMINAL.includes(s.status)) refreshAll();
+    },
+    progress: (p) => bar.update(p, status.textContent),
+    metrics: (m) => {
+      metrics.replaceChildren(table(m.summary));
+      if (loss && m.points.length && Date.now() - last > 3000) { last = Date.now(); loss.refresh(); }
+    },
+  });
+  onLeave(() => source.close());
+}
+
+function prefixed(prefix, obj) {
+  return Object.fromEntries(Object.entries(obj || {}).map(([k, v]) => [`${prefix}.${k}`, v]));
+}

@@ -1,0 +1,140 @@
+// Runs table: server-side sort and filters (GET /runs), live progress bars (SSE), compare selection.
+import { api, el, fmt, problemText, progressBar, query, runEvents, TERMINAL } from "./api.js";
+import { onLeave } from "./app.js";
+
+const SORTS = ["created_at", "name", "status", "model", "attempt", "started_at", "finished_at",
+  "metrics.test_nll", "metrics.test_nll_tight", "metrics.wall_clock_s", "metrics.train_loss",
+  "metrics.nfe_forward_mean", "solver.rtol", "solver.atol", "training.iterations"];
+const MAX_STREAMS = 4; // browsers allow ~6 HTTP/1.1 connections per origin; keep some for fetches
+const STATUSES = ["", "queued", "running", "succeeded", "failed", "canceling", "canceled"];
+
+function pick(obj, path) {
+  return path.split(".").reduce((value, key) => (value == null ? undefined : value[key]), obj);
+}
+
+function localSort(items, sort, order) {
+  const sign = order === "desc" ? -1 : 1;
+  return [...items].sort((a, b) => {
+    const x = pick(a, sort), y = pick(b, sort);
+    if (x == null) return y == null ? 0 : 1;
+    if (y == null) return -1;
+    return (x < y ? -1 : x > y ? 1 : 0) * sign;
+  });
+}
+
+function field(label, input) {
+  return el("label", {}, label, input);
+}
+
+export function renderRuns(view, params) {
+  const state = Object.fromEntries(["sort", "order", "name", "tag", "status", "model", "dataset"]
+    .map((k) => [k, params.get(k) || ""]));
+  const form = el("form", { class: "filters", id: "run-filters" });
+  const inputs = {
+    name: el("input", { name: "name", value: state.name, placeholder: "substring" }),
+    tag: el("input", { name: "tag", value: state.tag, placeholder: "tag[,tag]" }),
+    status: el("select", { name: "status" }, STATUSES.map((s) => el("option", { value: s, selected: s === state.status }, s || "any"))),
+    model: el("select", { name: "model" }, ["", "ffjord", "latent_ode"].map((m) => el("option", { value: m, selected: m === state.model }, m || "any"))),
+    dataset: el("input", { name: "dataset", value: state.dataset, placeholder: "name or id" }),
+    sort: el("input", { name: "sort", value: state.sort || "created_at", list: "sort-keys" }),
+    order: el("select", { name: "order" }, ["", "asc", "desc"].map((o) => el("option", { value: o, selected: o === state.order }, o || "default"))),
+  };
+  form.append(
+    field("Name", inputs.name), field("Tag", inputs.tag), field("Status", inputs.status),
+    field("Model", inputs.model), field("Dataset", inputs.dataset), field("Sort by", inputs.sort),
+    el("datalist", { id: "sort-keys" }, SORTS.map((s) => el("option", { value: s }))),
+    field("Order", inputs.order), el("button", { type: "submit" }, "Apply"),
+  );
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const next = {};
+    for (const [k, input] of Object.entries(inputs)) if (input.value) next[k] = input.value;
+    location.hash = `#/runs${query(next)}`;
+  });
+  const compare = el("button", { type: "button", id: "compare-button", disabled: true }, "Compare selected");
+  const note = el("div");
+  const body = el("tbody");
+  const more = el("button", { type: "button", class: "secondary", hidden: true }, "More");
+  const head = el("tr", {}, el("th", {}, ""), ["Name", "Model", "Dataset", "Status", "Progress", "Test NLL",
+    "Wall clock (s)", "Tags", "Created"].map((h) => el("th", {}, h)));
+  view.append(el("h1", {}, "Runs"), form, el("div", { class: "row" }, compare), note,
+    el("table", { id: "runs-table" }, el("thead", {}, head), body), more);
+
+  const selected = new Set();
+  compare.addEventListener("click", () => (location.hash = `#/compare?ids=${[...selected].join(",")}`));
+  const streams = [];
+  const timers = [];
+  onLeave(() => { streams.forEach((s) => s.close()); timers.forEach(clearInterval); });
+
+  function row(run) {
+    const bar = progressBar(run.progress, run.status);
+    const status = el("span", { class: `status ${run.status}` }, run.status);
+    const nll = el("td", { class: "num" }, fmt(run.metrics?.test_nll));
+    const wall = el("td", { class: "num" }, fmt(run.metrics?.wall_clock_s, 3));
+    const box = el("input", { type: "checkbox", "aria-label": `select ${run.id}` });
+    box.addEventListener("change", () => {
+      box.checked ? selected.add(run.id) : selected.delete(run.id);
+      compare.disabled = selected.size < 2;
+    });
+    const tr = el("tr", { "data-run-id": run.id },
+      el("td", {}, box),
+      el("td", {}, el("a", { href: `#/runs/${run.id}` }, run.name || run.id.slice(0, 8))),
+      el("td", {}, run.model), el("td", {}, run.dataset?.name || run.dataset?.id || ""),
+      el("td", {}, status), el("td", {}, bar), nll, wall,
+      el("td", {}, (run.tags || []).map((t) => el("span", { class: "tag" }, t))),
+      el("td", { class: "muted" }, new Date(run.created_at).toLocaleString()));
+    const update = (fields) => {
+      if (fields.status) { status.textContent = fields.status; status.className = `status ${fields.status}`; }
+      if (fields.progress) bar.update(fields.progress, fields.status || status.textContent);
+      if (fields.metrics) { nll.textContent = fmt(fields.metrics.test_nll); wall.textContent = fmt(fields.metrics.wall_clock_s, 3); }
+    };
+    if (!TERMINAL.includes(run.status)) follow(run.id, update);
+    return tr;
+  }
+
+  function follow(runId, update) {
+    if (streams.length < MAX_STREAMS) {
+      let status = null;
+      streams.push(runEvents(runId, {
+        status: (s) => { status = s.status; update({ status }); },
+        progress: (p) => update({ progress: p, status }),
+        metrics: (m) => update({ metrics: m.summary }),
+      }));
+      return;
+    }
+    const timer = setInterval(async () => { // past the stream cap: poll the run
+      const result = await api("GET", `/runs/${runId}`);
+      if (!result.ok) return clearInterval(timer);
+      update(result.body);
+      if (TERMINAL.includes(result.body.status)) clearInterval(timer);
+    }, 3000);
+    timers.push(timer);
+  }
+
+  async function load(path, append) {
+    const result = await api("GET", path);
+    if (!result.ok) {
+      note.replaceChildren(el("div", { class: "problem" }, `Could not list runs: ${problemText(result)}`));
+      if (result.status === 422 && (state.sort || state.tag || state.name) && !append) {
+        note.append(el("div", { class: "note" }, "Showing the list without sort/name/tag instead."));
+        return load(`/runs${query({ status: state.status, model: state.model, dataset: state.dataset })}`, false);
+      }
+      return;
+    }
+    let items = result.body.items;
+    const old = items.length > 0 && !("tags" in items[0]);
+    if (old && (state.sort || state.name || state.tag)) {
+      note.replaceChildren(el("div", { class: "note" },
+        "This server does not sort or filter by name/tag yet: sorted and filtered on this page only."));
+      if (state.name) items = items.filter((r) => (r.name || "").toLowerCase().includes(state.name.toLowerCase()));
+      if (state.sort) items = localSort(items, state.sort, state.order || (state.sort === "created_at" ? "desc" : "asc"));
+    }
+    if (!append) body.replaceChildren();
+    body.append(...items.map(row));
+    if (!items.length && !append) body.append(el("tr", {}, el("td", { colspan: 10, class: "muted" }, "No runs.")));
+    more.hidden = !result.body.next;
+    more.onclick = () => load(result.body.next, true);
+  }
+  const tags = state.tag ? state.tag.split(",").map((t) => t.trim()).filter(Boolean) : [];
+  load(`/runs${query({ ...state, tag: tags, limit: 50 })}`, false);
+}
