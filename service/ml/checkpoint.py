@@ -157,7 +157,8 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     """Move ``staging`` to ``target``, keeping the replaced checkpoint as ``.<name>.prev-<digest>``."""
     if target.exists():
         digest = _recorded_digest(target)
-        kept = _previous(target, digest) if digest else target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
+        kept = _previous(target, digest) if digest else old
         if kept.exists():  # the same checkpoint kept before (a retried save): the older copy goes
             shutil.rmtree(kept, ignore_errors=True)
         target.rename(kept)
