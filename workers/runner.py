@@ -178,7 +178,9 @@ class Recorder:
                 state=state,
                 extra=self.extra,
             )
+            self.store.publish_checkpoint(self.attempt.run_id, digest)
             repo.record_checkpoint(session, self.attempt, sha256=digest, iteration=state.iteration)
+        self.store.retire_checkpoints(self.attempt.run_id, keep=digest)
         self.log.info("checkpoint at iteration %d (%s)", state.iteration, digest[:12])
 
 
@@ -186,9 +188,8 @@ def _resume_state(row: RunRow, store: ModelStore, log: RunLog) -> TrainState | N
     if not row.checkpoint_iteration or not row.checkpoint_sha256:
         return None
     try:
-        loaded = load_checkpoint(
-            store.run_dir(row.id), expected_digest=row.checkpoint_sha256, with_state=True
-        )
+        directory = store.checkpoint_dir(row.id, row.checkpoint_sha256)
+        loaded = load_checkpoint(directory, expected_digest=row.checkpoint_sha256, with_state=True)
     except OdeServeError as exc:
         log.warning("cannot resume from checkpoint, starting over: %s", exc)
         return None
@@ -281,6 +282,7 @@ def _train(
             digest = save_checkpoint(
                 store.run_dir(run_id), model, train_config=config, metrics=metrics, extra=recorder.extra
             )
+            store.publish_checkpoint(run_id, digest)
             repo.finish_succeeded(
                 session,
                 attempt,
@@ -289,6 +291,7 @@ def _train(
                 iteration=result.iterations,
                 wall_s=result.wall_s,
             )
+        store.retire_checkpoints(run_id, keep=digest)
         rlog.info("succeeded in %.1fs: %s", result.wall_s, metrics)
         return "succeeded"
     except repo.StaleAttempt as exc:
