@@ -24,7 +24,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md alembic.ini ./
 COPY service ./service
 COPY workers ./workers
-RUN pip install .
+RUN pip install ".[s3]"
 
 USER odeserve
 EXPOSE 8000

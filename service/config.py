@@ -4,7 +4,9 @@
 |---|---|---|
 | ``DATABASE_URL`` | ``sqlite:///data/odeserve.db`` | SQLAlchemy URL (PostgreSQL in production) |
 | ``REDIS_URL`` | ``redis://127.0.0.1:6379/0`` | Celery broker and result backend (``redis+socket://`` too) |
-| ``MODELS_STORE`` | ``models_store`` | Directory of checkpoints and uploaded datasets |
+| ``MODELS_STORE`` | ``models_store`` | Checkpoints, uploads, plots: a directory or ``s3://bucket/prefix`` |
+| ``ODESERVE_STORE_CACHE_DIR`` | ``models_cache`` | Local checkpoint copies when ``MODELS_STORE`` is a URL |
+| ``ODESERVE_S3_ENDPOINT_URL`` | unset | S3 endpoint (MinIO, moto); else ``AWS_ENDPOINT_URL``, else AWS |
 | ``ODESERVE_QUEUE`` | ``training`` | Celery queue of training jobs with ``device`` ``auto`` or ``cpu`` |
 | ``ODESERVE_GPU_QUEUE`` | ``training-gpu`` | Celery queue of ``device: cuda`` runs (GPU workers only) |
 | ``ODESERVE_PROGRESS_EVERY`` | ``5`` | Write progress + per-iteration metrics every N iterations |
@@ -74,7 +76,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -91,9 +93,13 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "redis_url")
     )
-    models_store: Path = Field(
-        Path("models_store"), validation_alias=AliasChoices("MODELS_STORE", "models_store")
+    models_store: Path | str = Field(
+        Path("models_store"),
+        validation_alias=AliasChoices("MODELS_STORE", "models_store"),
+        description="A directory (a Path) or an object-store URL ``s3://bucket/prefix`` (a str).",
     )
+    store_cache_dir: Path = Path("models_cache")
+    s3_endpoint_url: str | None = None
     queue: str = Field("training", min_length=1)
     gpu_queue: str = Field("training-gpu", min_length=1)
     progress_every: int = Field(5, ge=1)
@@ -129,6 +135,17 @@ class Settings(BaseSettings):
     events_poll_s: float = Field(0.5, ge=0.01, le=60)
     events_heartbeat_s: float = Field(15.0, gt=0, le=300)
     events_max_s: float = Field(300.0, gt=0, le=86400)
+
+    @field_validator("models_store", mode="before")
+    @classmethod
+    def _store_location(cls, value: object) -> Path | str:
+        if isinstance(value, str) and "://" in value:
+            if not value.startswith("s3://") or not value[5:].split("/", 1)[0]:
+                raise ValueError(
+                    f"MODELS_STORE {value!r} is not supported: use a directory or s3://bucket/prefix"
+                )
+            return value.rstrip("/")
+        return Path(value) if isinstance(value, str) else value  # type: ignore[return-value]
 
     @property
     def hard_time_limit(self) -> int:

@@ -178,8 +178,10 @@ class Recorder:
                 state=state,
                 extra=self.extra,
             )
+            self.store.publish_checkpoint(self.attempt.run_id, digest)
             repo.record_checkpoint(session, self.attempt, sha256=digest, iteration=state.iteration)
         discard_previous(self.store.run_dir(self.attempt.run_id))  # the new digest is committed
+        self.store.retire_checkpoints(self.attempt.run_id, keep=digest)
         self.log.info("checkpoint at iteration %d (%s)", state.iteration, digest[:12])
 
 
@@ -187,9 +189,8 @@ def _resume_state(row: RunRow, store: ModelStore, log: RunLog) -> TrainState | N
     if not row.checkpoint_iteration or not row.checkpoint_sha256:
         return None
     try:
-        loaded = load_checkpoint(
-            store.run_dir(row.id), expected_digest=row.checkpoint_sha256, with_state=True
-        )
+        directory = store.checkpoint_dir(row.id, row.checkpoint_sha256)
+        loaded = load_checkpoint(directory, expected_digest=row.checkpoint_sha256, with_state=True)
     except OdeServeError as exc:
         log.warning("cannot resume from checkpoint, starting over: %s", exc)
         return None
@@ -282,6 +283,7 @@ def _train(
             digest = save_checkpoint(
                 store.run_dir(run_id), model, train_config=config, metrics=metrics, extra=recorder.extra
             )
+            store.publish_checkpoint(run_id, digest)
             repo.finish_succeeded(
                 session,
                 attempt,
@@ -291,6 +293,7 @@ def _train(
                 wall_s=result.wall_s,
             )
         discard_previous(store.run_dir(run_id))
+        store.retire_checkpoints(run_id, keep=digest)
         rlog.info("succeeded in %.1fs: %s", result.wall_s, metrics)
         return "succeeded"
     except repo.StaleAttempt as exc:

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from service.config import get_settings
 from service.db import SessionFactory, make_engine, make_session_factory
 from service.jobs.queue import TRAIN_TASK
-from service.storage.models_store import ModelStore
+from service.storage.models_store import open_store
 from workers.celery_app import app
 from workers.runner import run_job
 
@@ -37,6 +37,6 @@ def train(run_id: str) -> str | None:
         run_id,
         settings=settings,
         sessions=_sessions(),
-        store=ModelStore(settings.models_store),
+        store=open_store(settings.models_store, settings.store_cache_dir, settings.s3_endpoint_url),
         worker=f"{socket.gethostname()}:{train.request.hostname or 'local'}",
     )

@@ -40,6 +40,7 @@ _STATUS_BY_KIND = {
     "solver_error": 422,
     "checkpoint_error": 409,  # missing or tampered checkpoint: the run must be retrained, not a 500
     "canceled": 409,
+    "store_unavailable": 503,  # MODELS_STORE=s3://... unreachable: retry later
 }
 
 

@@ -34,7 +34,7 @@ from service.db import SessionFactory, make_engine, make_session_factory
 from service.jobs.queue import CeleryDispatcher, Dispatcher
 from service.serving.batching import BatchPolicy
 from service.serving.model_cache import ModelCache
-from service.storage.models_store import ModelStore
+from service.storage.models_store import open_store
 
 __all__ = ["ServiceApp", "create_app"]
 
@@ -105,7 +105,7 @@ def create_app(
     app = ServiceApp(
         title="odeserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, telemetry=NO_OTEL
     )
-    store = ModelStore(settings.models_store)
+    store = open_store(settings.models_store, settings.store_cache_dir, settings.s3_endpoint_url)
     app.state.settings = settings
     app.state.session_factory = session_factory
     app.state.store = store

@@ -15,6 +15,7 @@ __all__ = [
     "DataError",
     "OdeServeError",
     "SolverError",
+    "StoreUnavailable",
     "TrainingCanceled",
     "UnknownNameError",
 ]
@@ -57,6 +58,12 @@ class CheckpointError(OdeServeError):
     """A checkpoint directory is missing, corrupt, of an unknown format or fails its checksum."""
 
     kind = "checkpoint_error"
+
+
+class StoreUnavailable(OdeServeError):
+    """The object store holding checkpoints and uploads cannot be reached or refuses access."""
+
+    kind = "store_unavailable"
 
 
 class ConfigError(OdeServeError):

@@ -136,7 +136,8 @@ class ModelCache:
             if entry is not None:
                 self._entries.move_to_end(key)
                 return entry
-        loaded = load_checkpoint(self.store.run_dir(run_id), expected_digest=digest)
+        directory = self.store.checkpoint_dir(run_id, digest)  # fetched from an object store if needed
+        loaded = load_checkpoint(directory, expected_digest=digest)
         entry = CachedModel(model=loaded.model, digest=digest, policy=self.policy, on_pass=self.on_pass)
         with self._lock:
             entry = self._entries.setdefault(key, entry)

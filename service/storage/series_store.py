@@ -17,7 +17,7 @@ import torch
 
 from service.ml.errors import CheckpointError
 from service.ml.series import Series, make_series
-from service.storage.models_store import ModelStore, atomic_write
+from service.storage.models_store import ModelStore
 
 __all__ = ["OBSERVED_FRACTION", "load_series", "save_series"]
 
@@ -36,9 +36,7 @@ def save_series(store: ModelStore, dataset_id: uuid.UUID | str, series: Sequence
     }
     buffer = io.BytesIO()
     torch.save(packed, buffer)
-    data = buffer.getvalue()
-    atomic_write(store.dataset_path(dataset_id), data)
-    return hashlib.sha256(data).hexdigest()
+    return store.write_dataset(dataset_id, buffer.getvalue())
 
 
 def load_series(
@@ -48,12 +46,8 @@ def load_series(
     observed_fraction: float = OBSERVED_FRACTION,
 ) -> list[Series]:
     """The stored series, each with its first ``observed_fraction`` of the span as encoder prefix."""
-    path = store.dataset_path(dataset_id)
     fix = "upload the dataset again"
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"dataset file for {dataset_id} is missing", fix=fix) from None
+    data = store.read_dataset(dataset_id)
     if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise CheckpointError(f"dataset file for {dataset_id} does not match its checksum", fix=fix)
     packed = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

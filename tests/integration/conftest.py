@@ -82,6 +82,26 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A moto S3 server (tests/integration/s3server.py) with one bucket; AWS test credentials are
+    put in this process's environment, which the worker and API subprocesses inherit."""
+    pytest.importorskip("s3fs", reason="the s3 extra is not installed")
+    from s3server import CREDENTIALS, MotoS3
+
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    server = MotoS3(tmp_path_factory.mktemp("moto") / "moto.log")
+    server.start()
+    yield server
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
 def settings(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(
         database_url=database_url,

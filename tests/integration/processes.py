@@ -30,6 +30,7 @@ __all__ = [
     "fast_recovery",
     "free_port",
     "post_run",
+    "start_api",
     "start_worker",
     "stop",
     "wait_for_run",
@@ -60,6 +61,9 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "max_run_seconds",
     ]
     env = {f"ODESERVE_{name.upper()}": str(getattr(settings, name)) for name in names}
+    env["ODESERVE_STORE_CACHE_DIR"] = str(settings.store_cache_dir)  # used when MODELS_STORE is s3://
+    if settings.s3_endpoint_url:
+        env["ODESERVE_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     return {
         **os.environ,
         **env,
@@ -91,6 +95,31 @@ def start_worker(settings: Settings, log_path: Path, timeout: float = 90) -> sub
             pytest.fail(f"worker did not start:\n{log_path.read_text(errors='replace')[-4000:]}")
         time.sleep(0.2)
     return proc
+
+
+def start_api(settings: Settings, log_path: Path, timeout: float = 90) -> tuple[subprocess.Popen, str]:
+    """A uvicorn API process with ``settings``; returns it and its base URL once ``/livez`` answers."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", "--factory", "service.api.main:create_app",
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+    ]  # fmt: skip
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            pytest.fail(f"API did not start:\n{log_path.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.2)
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 20) -> None:

@@ -1,8 +1,11 @@
-"""Two API processes and two Celery workers on one database, broker and models store.
+"""Two API processes and two Celery workers on one database and broker, over two stores.
 
 Everything here is a real process (uvicorn, celery) talking over 127.0.0.1; the tests read and
-write only through HTTP. Timings are shortened through settings as in test_crash_recovery.
-The replicas share one local models store directory (an object store is not supported yet).
+write only through HTTP. Timings are shortened through settings as in test_crash_recovery. Each
+test runs twice: ``shared-dir``, all four processes on one local models store directory (one
+host), and ``s3``, ``MODELS_STORE=s3://...`` on a moto server with a separate, empty local cache
+directory per process (as on separate hosts): a run trained by one worker is served by either
+API and resumed by the other worker only through the object store.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,15 +22,13 @@ import httpx
 import pytest
 from processes import (
     QUICK_RUN,
-    ROOT,
     TERMINAL,
     fast_recovery,
-    free_port,
     post_run,
+    start_api,
     start_worker,
     stop,
     wait_for_run,
-    worker_env,
 )
 
 from service.config import Settings
@@ -40,51 +40,44 @@ SHORT_RUN = {**QUICK_RUN, "training": {"iterations": 6, "batch_size": 32}}
 LONG_RUN = {**QUICK_RUN, "training": {"iterations": 60, "batch_size": 64, "seed": 1}}
 
 
-@pytest.fixture
-def replica_settings(settings: Settings) -> Settings:
-    return fast_recovery(settings, "replicas", queued_grace_s=5.0)
+@pytest.fixture(scope="module", params=["shared-dir", "s3"])
+def replica_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    fast = fast_recovery(settings, "replicas", queued_grace_s=5.0)
+    if request.param == "shared-dir":
+        return fast
+    s3 = request.getfixturevalue("s3")
+    prefix = f"replicas-{fast.queue.rsplit('-', 1)[-1]}"
+    return fast.model_copy(update={"models_store": s3.url(prefix), "s3_endpoint_url": s3.endpoint})
 
 
-def _start_api(settings: Settings, log_path: Path, timeout: float = 90) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "uvicorn", "--factory", "service.api.main:create_app",
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-    ]  # fmt: skip
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            pytest.fail(f"API did not start:\n{log_path.read_text(errors='replace')[-4000:]}")
-        time.sleep(0.2)
+def _own_dir(settings: Settings, directory: Path) -> Settings:
+    """``settings`` with a local cache directory of its own (only used with an object store)."""
+    return settings.model_copy(update={"store_cache_dir": directory})
 
 
-@pytest.fixture
-def cluster(replica_settings: Settings, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """Two workers (one log each) and two APIs; all stopped by PID afterwards."""
+@pytest.fixture(scope="module")
+def cluster(
+    request: pytest.FixtureRequest, replica_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """Two workers (one log each) and two APIs, started once per store variant (pytest runs the
+    tests of one variant together, in file order: the worker-killing test is last); all stopped
+    by PID afterwards."""
     procs: list[subprocess.Popen] = []
+    tmp_path = tmp_path_factory.mktemp("replicas")
     try:
         logs = [tmp_path / f"worker{i}.log" for i in range(2)]
         workers = []
-        for log in logs:
-            workers.append(start_worker(replica_settings, log))
+        for i, log in enumerate(logs):
+            workers.append(start_worker(_own_dir(replica_settings, tmp_path / f"worker{i}"), log))
             procs.append(workers[-1])
         apis = []
         for i in range(2):
-            proc, url = _start_api(replica_settings, tmp_path / f"api{i}.log")
+            own = _own_dir(replica_settings, tmp_path / f"api{i}")
+            proc, url = start_api(own, tmp_path / f"api{i}.log")
             procs.append(proc)
             apis.append(httpx.Client(base_url=url, timeout=30))
-        yield {"workers": workers, "logs": logs, "apis": apis}
+        s3 = request.getfixturevalue("s3") if isinstance(replica_settings.models_store, str) else None
+        yield {"workers": workers, "logs": logs, "apis": apis, "s3": s3, "settings": replica_settings}
         for api in apis:
             api.close()
     finally:
@@ -97,6 +90,14 @@ def _waiter(logs: list[Path]) -> Callable[..., dict[str, Any]]:
         return wait_for_run(api, run_id, until, logs)
 
     return wait
+
+
+def _objects(cluster: dict[str, Any], run_id: str | None = None) -> list[str] | None:
+    """Object keys of the run (or of everything) in the s3 variant; None with a shared directory."""
+    if cluster["s3"] is None:
+        return None
+    prefix = cluster["settings"].models_store.split("/", 3)[3]
+    return cluster["s3"].keys(f"{prefix}/runs/{run_id}" if run_id else prefix)
 
 
 def _started_in(log: Path, run_id: str) -> bool:
@@ -119,6 +120,10 @@ def test_twenty_runs_across_two_apis_each_run_exactly_once(cluster):
     assert not taken[0] & taken[1], "a run was started by both workers"
     assert taken[0] | taken[1] == set(runs)
     assert taken[0] and taken[1], "one worker did all the work"
+    if cluster["s3"] is not None:  # each replica serves runs it never trained, from the object store
+        for i, run_id in enumerate(runs[:4]):
+            answer = apis[i % 2].get("/density", params={"run_id": run_id, "x": "0,0"})
+            assert answer.status_code == 200, answer.text
 
 
 def test_a_delete_on_one_api_reaches_the_other_within_the_cache_ttl(cluster):
@@ -133,6 +138,7 @@ def test_a_delete_on_one_api_reaches_the_other_within_the_cache_ttl(cluster):
         time.sleep(0.05)
     assert status == 404
     assert second.get(f"/runs/{run_id}").status_code == 404
+    assert _objects(cluster, run_id) in (None, []), "the deleted run's objects are still stored"
 
 
 def test_a_worker_killed_mid_run_is_resumed_by_the_other(cluster):
@@ -150,3 +156,7 @@ def test_a_worker_killed_mid_run_is_resumed_by_the_other(cluster):
     assert f"run={run_id} resuming from iteration" in survivor
     history = apis[0].get(f"/runs/{run_id}/metrics").json()
     assert [h["iteration"] for h in history] == list(range(1, 61))
+    keys = _objects(cluster, run_id)
+    if keys is not None:  # the survivor had no local copy: it resumed from the published object
+        assert [k.rsplit("/", 1)[-1] for k in keys] == [f"checkpoint-{done['checkpoint_sha256']}.tar"]
+        assert not [k for k in _objects(cluster) if "/tmp/" in k], "temporary upload keys left behind"

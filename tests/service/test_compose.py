@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ def compose() -> dict:
 
 def test_services_and_one_shot_migration(compose):
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
+    assert set(services) == {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker"}
     assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
     assert services["migrate"]["restart"] == "no"
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
@@ -31,9 +33,10 @@ def test_app_services_wait_for_healthy_backends_and_migration(compose, name):
     assert depends["postgres"] == {"condition": "service_healthy"}
     assert depends["redis"] == {"condition": "service_healthy"}
     assert depends["migrate"] == {"condition": "service_completed_successfully"}
+    assert depends["minio-init"] == {"condition": "service_completed_successfully"}
 
 
-@pytest.mark.parametrize("name", ["postgres", "redis", "api", "worker"])
+@pytest.mark.parametrize("name", ["postgres", "redis", "minio", "api", "worker"])
 def test_healthchecks(compose, name):
     assert compose["services"][name]["healthcheck"]["test"]
 
@@ -48,12 +51,33 @@ def test_worker_reserves_a_gpu_and_runs_both_training_queues(compose):
     assert "cu" in worker["build"]["args"]["TORCH_INDEX_URL"].rsplit("/", 1)[-1]
 
 
-def test_models_store_is_a_shared_named_volume(compose):
-    assert "models_store" in compose["volumes"]
+def test_models_store_is_the_minio_bucket_the_one_shot_creates(compose):
+    services = compose["services"]
+    minio = services["minio"]
+    init = " ".join(services["minio-init"]["entrypoint"])
+    assert services["minio-init"]["depends_on"] == {"minio": {"condition": "service_healthy"}}
     for name in ("api", "worker"):
-        env = compose["services"][name]["environment"]
-        mount = f"models_store:{env['MODELS_STORE']}"
-        assert mount in compose["services"][name]["volumes"]
+        env = services[name]["environment"]
+        settings = Settings(**{"MODELS_STORE": env["MODELS_STORE"]})
+        assert isinstance(settings.models_store, str) and settings.models_store.startswith("s3://")
+        bucket, prefix = settings.models_store[5:].split("/", 1)
+        assert f"mc mb --ignore-existing store/{bucket}" in init
+        assert f"--prefix {prefix}/tmp/" in init  # leftovers of interrupted uploads expire
+        assert env["ODESERVE_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["AWS_ACCESS_KEY_ID"] == minio["environment"]["MINIO_ROOT_USER"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == minio["environment"]["MINIO_ROOT_PASSWORD"]
+        assert "volumes" not in services[name], "API and worker share nothing but the services"
+    assert set(compose["volumes"]) == {"pgdata", "redisdata", "miniodata"}
+
+
+def test_images_install_the_s3_extra():
+    assert 'RUN pip install ".[s3]"' in (ROOT / "Dockerfile").read_text()
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
+def test_docker_compose_accepts_the_file():
+    done = subprocess.run(["docker-compose", "config", "-q"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_environment_names_are_settings_names(compose, monkeypatch):

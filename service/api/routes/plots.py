@@ -6,7 +6,7 @@ one iteration (a live run's curve is redrawn on every request). Other statuses a
 ``run_status``; a plot that does not fit the run's model answers 422 naming ``kind``.
 
 Figures of succeeded runs are rendered once and cached under the run's directory in the models
-store, keyed by the checkpoint digest (``ModelStore.plot_path``); deleting the run removes them.
+store, keyed by the checkpoint digest (``ModelStore.plot_key``); deleting the run removes them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from service.api.serving import get_run_or_404, run_not_ready
 from service.db import RunRow, RunStatus
 from service.db import repository as repo
 from service.ml.models import MODELS
-from service.plots import cached_png
 from service.schemas.runs import Problem
 from service.serving.model_cache import ModelCache
 from service.serving.run_figures import (
@@ -88,8 +87,8 @@ def _loss(session: Session, row: RunRow, store: ModelStore) -> bytes:
         raise run_not_ready(row, "this plot needs at least one recorded iteration")
     if row.status != RunStatus.succeeded or not row.checkpoint_sha256:
         return render_history(history)  # still changing (or never finalised): not cached
-    path = store.plot_path(row.id, PlotKind.loss.value, row.checkpoint_sha256)
-    return cached_png(path, lambda: render_history(history))
+    key = store.plot_key(row.id, PlotKind.loss.value, row.checkpoint_sha256)
+    return store.cached(key, lambda: render_history(history))
 
 
 def _model_plot(
@@ -113,7 +112,7 @@ def _model_plot(
         with entry.lock:  # the CNF keeps per-solve state (NFE counters)
             return render_points(kind, entry.model, data)
 
-    return cached_png(store.plot_path(row.id, kind.value, digest, suffix), make)
+    return store.cached(store.plot_key(row.id, kind.value, digest, suffix), make)
 
 
 @router.get(

@@ -30,7 +30,7 @@ from service.db import sweeps_repository as sweeps
 from service.db.models import SweepRow
 from service.jobs.sweeps import expand_grid
 from service.ml.errors import OdeServeError, UnknownNameError
-from service.plots import cached_png, sweep_png
+from service.plots import sweep_png
 from service.schemas.runs import BUILTIN_DATASETS, Problem, TrainRequest
 from service.schemas.sweeps import SweepList, SweepOut, SweepRequest, SweepSummary
 
@@ -209,5 +209,5 @@ def sweep_plot(sweep_id: uuid.UUID, session: SessionDep, store: StoreDep) -> Res
 
     if sweep.status in ("queued", "running"):
         return PngResponse(make(), headers={"Cache-Control": "no-store"})
-    path = store.sweep_plot_path(row.id, json.dumps(rows, sort_keys=True, default=str))
-    return PngResponse(cached_png(path, make))
+    key = store.sweep_plot_key(row.id, json.dumps(rows, sort_keys=True, default=str))
+    return PngResponse(store.cached(key, make))
