@@ -97,17 +97,19 @@ def start_worker(settings: Settings, log_path: Path, timeout: float = 90) -> sub
     return proc
 
 
-def start_api(settings: Settings, log_path: Path, timeout: float = 90) -> tuple[subprocess.Popen, str]:
-    """A uvicorn API process with ``settings``; returns it and its base URL once ``/livez`` answers."""
+def start_api(
+    settings: Settings, log_path: Path, env: dict[str, str] | None = None, timeout: float = 90
+) -> tuple[subprocess.Popen, str]:
+    """A uvicorn API process with ``settings`` (and extra ``env``); returns it and its base URL once
+    ``/livez`` answers."""
     port = free_port()
     command = [
         sys.executable, "-m", "uvicorn", "--factory", "service.api.main:create_app",
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
     ]  # fmt: skip
+    full_env = {**worker_env(settings), **(env or {})}
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while True:

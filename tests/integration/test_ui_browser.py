@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from processes import ROOT, free_port, stop, worker_env
+from processes import start_api, stop
 
 from service.config import Settings
 
@@ -34,34 +32,6 @@ def _missing(what: str) -> None:
     if REQUIRED:
         pytest.fail(f"CI=true requires {message}")
     pytest.skip(message)
-
-
-def start_api(
-    settings: Settings, log_path: Path, env: dict[str, str], timeout: float = 90
-) -> tuple[subprocess.Popen, str]:
-    """uvicorn serving ``create_app`` with ``settings`` (and ``env``) on a free port; returns once
-    /livez answers."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "uvicorn", "--factory", "service.api.main:create_app",
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-    ]  # fmt: skip
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env={**worker_env(settings), **env}, stdout=log, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            pytest.fail(f"API did not start:\n{log_path.read_text(errors='replace')[-4000:]}")
-        time.sleep(0.2)
 
 
 KEY = "k-ui-browser-1"
