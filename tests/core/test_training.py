@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from service.ml.checkpoint import checkpoint_digest, load_checkpoint, save_checkpoint
+from service.ml.checkpoint import checkpoint_digest, discard_previous, load_checkpoint, save_checkpoint
 from service.ml.errors import CheckpointError, SolverError, TrainingCanceled
 from service.ml.ode import SolverConfig
 from service.ml.training import ProgressEvent, TrainConfig, TrainState, fit, init_model
@@ -148,5 +148,8 @@ def test_saving_replaces_previous_checkpoint_atomically(tmp_path) -> None:
         next(model.parameters()).add_(1.0)
     second = save_checkpoint(tmp_path / "ck", model, metrics={"step": 2})
     assert first != second
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    # the replaced one is kept, by digest, until the caller has committed the new digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".ck.prev-{first}", "ck"]
     assert load_checkpoint(tmp_path / "ck").metrics == {"step": 2}
+    assert discard_previous(tmp_path / "ck") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
