@@ -15,7 +15,7 @@ from service.plots.cache import cached_png  # noqa: E402
 from service.plots.density import density_png, samples_png  # noqa: E402
 from service.plots.flow import flow_gif, flow_png  # noqa: E402
 from service.plots.forecast import forecast_png  # noqa: E402
-from service.plots.loss import loss_png  # noqa: E402
+from service.plots.loss import loss_png, losses_png  # noqa: E402
 from service.plots.sweep import sweep_png  # noqa: E402
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "flow_png",
     "forecast_png",
     "loss_png",
+    "losses_png",
     "samples_png",
     "sweep_png",
 ]
