@@ -21,12 +21,17 @@ def _column(history: History, key: str) -> np.ndarray:
 
 
 def _draw_loss(
-    ax: Axes, history: History, x_key: str, colors: tuple[str, str], labels: tuple[str, str]
+    ax: Axes,
+    history: History,
+    x_key: str,
+    colors: tuple[str, str],
+    labels: tuple[str, str],
+    style: str = "-",
 ) -> None:
     """On ``ax``: the train loss of ``history`` against ``x_key`` as a line and its ``test_nll``
     records as points; ``colors`` and ``labels`` are (loss, test NLL)."""
     x, test = _column(history, x_key), _column(history, "test_nll")
-    ax.plot(x, _column(history, "loss"), color=colors[0], lw=1, label=labels[0])
+    ax.plot(x, _column(history, "loss"), style, color=colors[0], lw=1, label=labels[0])
     if np.isfinite(test).any():
         ax.plot(x, test, "o", color=colors[1], ms=4, label=labels[1])
 
@@ -65,23 +70,27 @@ def loss_png(history: History) -> bytes:
 
 def losses_png(curves: Sequence[tuple[str, History]]) -> bytes:
     """PNG with the train loss of several runs overlaid, against iteration (left) and wall time
-    (right); test NLL records are points in the run's colour.
+    (right); test NLL records are points in the run's colour. One legend entry per run, beside
+    the panels (up to 20 runs stay readable).
 
     ``curves`` is ``[(legend label, history)]`` in legend order, each history as for
     :func:`loss_png`; a run without iterations is listed in the legend as such.
     """
-    fig, axes = new_figure(9, 4.2, ncols=2)
+    fig, axes = new_figure(10, 4.2, ncols=2)
     for i, (label, history) in enumerate(curves):
         color = f"C{i % 10}"
+        style = "-" if i < 10 else "--"  # the colour cycle repeats after ten runs
+        name = label if history else f"{label} (no iterations yet)"
         for ax, (key, _) in zip(axes, _AXES, strict=True):
             if history:
-                _draw_loss(ax, history, key, (color, color), (label, f"{label}: test NLL"))
+                _draw_loss(ax, history, key, (color, color), (name, "_test NLL"), style)
             else:
-                ax.plot([], [], color=color, label=f"{label} (no iterations yet)")
+                ax.plot([], [], style, color=color, lw=1, label=name)
     for ax, (_, label) in zip(axes, _AXES, strict=True):
         ax.set(xlabel=label, ylabel="loss (nats)")
         ax.grid(alpha=0.3)
-    axes[0].set_title("against iteration")
-    axes[1].set_title("against wall time")
-    axes[1].legend(frameon=False, fontsize=7)
+    axes[0].set_title("train loss (lines), test NLL (points) against iteration", fontsize=10)
+    axes[1].set_title("against wall time", fontsize=10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", frameon=False, fontsize=7)
     return to_png(fig)

@@ -19,7 +19,7 @@ RIGHT = {"Authorization": f"Bearer {KEYS[1]}"}
 WRONG = {"Authorization": "Bearer not-a-key"}
 MALFORMED = {"Authorization": f"Basic {KEYS[0]}"}
 OPEN_ROUTES = {"/livez", "/readyz", "/metrics"}
-QUERY_POSTS = {"/density", "/predict"}  # POST only to carry large bodies; reads, not writes
+QUERY_POSTS = {"/density", "/predict", "/runs/compare"}  # POST only to carry bodies; reads, not writes
 
 
 def _client(settings: Any, sessions: Any, **changes: Any) -> TestClient:
