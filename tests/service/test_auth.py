@@ -122,6 +122,9 @@ def test_cors_is_off_by_default_and_explicit_when_on(client, settings, sessions)
         ok = cors.get("/livez", headers={"Origin": "https://ui.example"})
         assert ok.headers["access-control-allow-origin"] == "https://ui.example"
         assert "access-control-allow-origin" not in cors.options("/train", headers=preflight).headers
+        patch = {"Origin": "https://ui.example", "Access-Control-Request-Method": "PATCH"}
+        allowed_patch = cors.options(f"/runs/{uuid.uuid4()}", headers=patch)
+        assert "PATCH" in allowed_patch.headers["access-control-allow-methods"]  # tags from the page
 
 
 TINY_TRAIN = {
