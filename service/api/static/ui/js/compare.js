@@ -21,6 +21,6 @@ export async function renderCompare(view, ids) {
     el("h2", {}, "Settings that differ"),
     Object.keys(settings).length ? grid(names, settings) : el("p", { class: "muted" }, "All settings are equal."),
     el("h2", {}, "Metrics"), grid(names.map((n) => n.cloneNode(true)), metrics),
-    el("h2", {}, "Curves"), el("div", { class: "plots" }, el("figure", {}, img, caption)));
+    el("h2", {}, "Curves"), el("div", { class: "plots" }, el("figure", { class: "wide" }, img, caption)));
   if (curves) loadImage(img, curves, (msg) => (caption.textContent = msg));
 }
