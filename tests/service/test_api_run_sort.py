@@ -88,6 +88,7 @@ def _pages(client, url: str, params: dict[str, Any]) -> tuple[list[str], int]:
         link = body["next"]
         if not link:
             return seen, pages
+        assert pages <= len(SEEDS), f"pagination does not end: {seen}"  # a broken cursor loops
         response = client.get(link)
 
 
