@@ -102,6 +102,45 @@ def test_killed_worker_resumes_from_checkpoint_to_the_same_result(fast_settings,
     assert f"run={crashed} heartbeat stale" in text
 
 
+def test_sigterm_hands_the_run_back_uncounted_and_it_finishes_identically(fast_settings, tmp_path):
+    """A deploy: SIGTERM makes a warm shutdown, the run checkpoints, goes back to the queue with its
+    attempt not counted, and the next worker finishes it to the uninterrupted result."""
+    log = tmp_path / "workers.log"
+    store = ModelStore(fast_settings.models_store)
+    body = {**CRASH_RUN, "training": {**CRASH_RUN["training"], "iterations": 60}}
+    first = start_worker(fast_settings, log)
+    second = None
+    try:
+        with TestClient(create_app(fast_settings)) as client:
+            wait = _waiter(client, log)
+            reference = post_run(client, body)
+            stopped = post_run(client, body)
+            assert wait(reference, lambda r: r["status"] in TERMINAL)["status"] == "succeeded"
+            wait(stopped, lambda r: r["progress"]["iteration"] >= 3 or r["status"] in TERMINAL)
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=30)  # the warm shutdown waits for the job, which stops at its next step
+            handed_back = client.get(f"/runs/{stopped}").json()
+            assert handed_back["status"] == "queued" and handed_back["attempt"] == 0, handed_back
+            paused_at = handed_back["progress"]["iteration"]
+            assert 3 <= paused_at < 60
+
+            second = start_worker(fast_settings, log)
+            done = wait(stopped, lambda r: r["status"] in TERMINAL)
+            history = client.get(f"/runs/{stopped}/metrics").json()
+            ref_history = client.get(f"/runs/{reference}/metrics").json()
+    finally:
+        stop(first)
+        stop(second)
+    assert first.returncode == 0  # a clean exit, not a kill
+    assert done["status"] == "succeeded" and done["attempt"] == 1, done
+    assert [h["iteration"] for h in history] == list(range(1, 61))
+    assert [h["loss"] for h in history] == [h["loss"] for h in ref_history]
+    assert _weights_digest(store, stopped) == _weights_digest(store, reference)
+    text = log.read_text(errors="replace")
+    assert f"run={stopped} worker shutting down: handed back" in text
+    assert f"run={stopped} resuming from iteration {paused_at}" in text
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[Redis]:
     redis = Redis(tmp_path)
