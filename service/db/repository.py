@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from service.db.clock import db_now
 from service.db.models import DatasetRow, RunMetricRow, RunRow, RunStatus, utcnow
 from service.db.run_sort import RunSort, parse_sort
 
@@ -108,7 +109,7 @@ def create_run(session: Session, **fields: Any) -> tuple[RunRow, bool]:
     key, digest = fields.get("idempotency_key"), fields.get("request_sha256")
     if key is not None and (existing := get_run_by_idempotency_key(session, key)) is not None:
         return _same_request(existing, digest), False
-    now = utcnow()
+    now = db_now(session)  # ``enqueued_at`` is judged by reconcilers on other hosts
     row = RunRow(
         status=RunStatus.queued.value,
         iteration=0,
@@ -280,7 +281,7 @@ def start_attempt(
     row = get_run(session, run_id)
     if row is None or RunStatus(row.status).terminal:
         return None
-    now = utcnow()
+    now = db_now(session)  # the heartbeat clock (service.db.clock)
     attempt, fence = row.attempt + 1, row.fence + 1  # read before the update refreshes ``row``
     guard = (RunRow.id == run_id, RunRow.fence == row.fence)
     if row.status == RunStatus.canceling.value:

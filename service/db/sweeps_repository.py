@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.db.clock import db_now
 from service.db.models import RunRow, RunStatus, SweepRow, utcnow
 from service.db.repository import after_keyset
 
@@ -67,10 +68,8 @@ def create_sweep(
     session.add(row)
     try:
         session.flush()  # the sweep row first: runs refer to it by id
-        session.add_all(
-            RunRow(status=RunStatus.queued.value, iteration=0, metrics={}, attempt=0, fence=0, **fields)
-            for fields in runs
-        )
+        queued = {"status": RunStatus.queued.value, "enqueued_at": db_now(session)}  # the reconciler's clock
+        session.add_all(RunRow(iteration=0, metrics={}, attempt=0, fence=0, **queued, **f) for f in runs)
         session.commit()
     except IntegrityError:
         session.rollback()
