@@ -42,8 +42,6 @@ def _body(name: str, tol: float, iterations: int, tags: list[str]) -> dict[str, 
 
 def _train(client: httpx.Client, body: dict[str, Any]) -> str:
     response = client.post("/train", json=body)
-    if response.status_code == 422 and "tags" in response.text:  # a server without tags (issue 23a)
-        response = client.post("/train", json={k: v for k, v in body.items() if k != "tags"})
     response.raise_for_status()
     return response.json()["id"]
 
@@ -91,7 +89,7 @@ def _shoot(url: str, out: Path, chromium: str, run_ids: list[str], live_id: str)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 760})
-        page.goto(f"{url}/ui/#/runs")
+        page.goto(f"{url}/ui/#/runs?tag=toy&sort=metrics.test_nll")
         row = page.locator(f'tr[data-run-id="{live_id}"] [role=progressbar]')
         page.wait_for_function(
             "el => Number(el.getAttribute('aria-valuenow')) >= 10", arg=row.element_handle(), timeout=120_000
@@ -106,11 +104,8 @@ def _shoot(url: str, out: Path, chromium: str, run_ids: list[str], live_id: str)
         page.locator("#density-result tr").first.wait_for()
         page.screenshot(path=out / "ui_run.png", full_page=True)
         page.goto(f"{url}/ui/#/compare?ids={','.join(run_ids)}")
-        page.wait_for_function(
-            "() => document.querySelector('#compare-curves')?.naturalWidth > 0"
-            " || document.querySelector('#view .note')",
-            timeout=60_000,
-        )
+        curves = "() => document.querySelector('#compare-curves')?.naturalWidth > 0"
+        page.wait_for_function(curves, timeout=60_000)
         page.wait_for_timeout(500)
         page.screenshot(path=out / "ui_compare.png", full_page=True)
         browser.close()

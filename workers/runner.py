@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
@@ -20,10 +21,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from service.config import Settings
 from service.db import RunRow, SessionFactory, session_scope
 from service.db import repository as repo
-from service.db.leases import checkpoint_lease
+from service.db.leases import checkpoint_lease, release_attempt
 from service.ml.checkpoint import discard_previous, load_checkpoint, save_checkpoint
 from service.ml.data import DATASETS, PointData, load_dataset, point_data_from_tensor
-from service.ml.errors import ConfigError, DataError, OdeServeError, TrainingCanceled
+from service.ml.errors import ConfigError, DataError, OdeServeError, TrainingCanceled, TrainingPaused
 from service.ml.models import stored_model_config
 from service.ml.ode import SolverConfig
 from service.ml.rescore import tight_test_nll
@@ -33,13 +34,19 @@ from service.storage.models_store import ModelStore
 from service.storage.series_store import load_series
 from workers.heartbeat import Heartbeat
 
-__all__ = ["TimeLimitReached", "load_training_data", "pick_device", "run_job"]
+__all__ = ["Publisher", "TimeLimitReached", "load_training_data", "pick_device", "run_job"]
 
 log = logging.getLogger(__name__)
 
 
 class TimeLimitReached(Exception):
     """The attempt ran past the soft time limit (checked between iterations)."""
+
+
+class Publisher(Protocol):
+    """Where a job handed back on warm shutdown is published again (``CeleryDispatcher``)."""
+
+    def enqueue(self, run_id: str, device: str = "auto") -> None: ...
 
 
 class RunLog(logging.LoggerAdapter):
@@ -117,10 +124,12 @@ class Recorder:
         config: TrainConfig,
         extra: dict[str, Any],
         log: RunLog,
+        shutdown: threading.Event | None = None,
     ) -> None:
         self.attempt, self.settings, self.sessions, self.store = attempt, settings, sessions, store
-        self.config, self.extra, self.log = config, extra, log
+        self.config, self.extra, self.log, self.shutdown = config, extra, log, shutdown
         self.pending: list[dict[str, Any]] = []
+        self.last_event: ProgressEvent | None = None
         self.last_poll = 0.0
         self.started = time.monotonic()
         self.model: Any = None
@@ -135,6 +144,7 @@ class Recorder:
             **{k: float(v) for k, v in event.stats.items() if k != "loss"},
         }
         self.pending.append(record)
+        self.last_event = event
         if event.iteration % self.settings.progress_every == 0 or event.iteration == event.total:
             self.flush(event)
 
@@ -161,6 +171,8 @@ class Recorder:
         self.log.debug("iteration %d/%d loss %.4f", event.iteration, event.total, event.loss)
 
     def should_stop(self) -> bool:
+        if self.shutdown is not None and self.shutdown.is_set():
+            raise TrainingPaused("the worker is shutting down")
         now = time.monotonic()
         if now - self.started > self.settings.max_run_seconds:
             raise TimeLimitReached(
@@ -173,6 +185,8 @@ class Recorder:
             return repo.should_stop(session, self.attempt)
 
     def on_checkpoint(self, state: TrainState) -> None:
+        if self.pending and self.last_event is not None:
+            self.flush(self.last_event)  # metric rows up to the checkpoint survive a resume
         with self.sessions() as session, checkpoint_lease(session, self.attempt):
             digest = save_checkpoint(
                 self.store.run_dir(self.attempt.run_id),
@@ -214,9 +228,21 @@ def _resume_state(row: RunRow, store: ModelStore, log: RunLog) -> TrainState | N
 
 
 def run_job(
-    run_id: str, *, settings: Settings, sessions: SessionFactory, store: ModelStore, worker: str
+    run_id: str,
+    *,
+    settings: Settings,
+    sessions: SessionFactory,
+    store: ModelStore,
+    worker: str,
+    shutdown: threading.Event | None = None,
+    publisher: Publisher | None = None,
 ) -> str | None:
-    """Train ``run_id`` to a final status and return it (None when there was nothing to do)."""
+    """Train ``run_id`` to a final status and return it (None when there was nothing to do).
+
+    Once ``shutdown`` is set (the worker's warm shutdown), training stops before its next step,
+    checkpoints the last finished one and hands the job back: the run returns to ``queued`` without
+    counting the attempt, is published again through ``publisher``, and ``"queued"`` is returned.
+    """
     rlog = RunLog(log, {"run_id": run_id})
     with session_scope(sessions) as session:
         device = pick_device(settings, repo.requested_device(session, run_id))
@@ -242,6 +268,7 @@ def run_job(
         config=config,
         extra={"run_id": run_id, "dataset": row.dataset},
         log=rlog,
+        shutdown=shutdown,
     )
     heartbeat = Heartbeat(
         attempt,
@@ -250,8 +277,32 @@ def run_job(
         hard_limit_s=settings.hard_time_limit,
         log=rlog,
     )
-    with heartbeat:
-        return _train(row, attempt, recorder, device, settings, sessions, store, rlog)
+    try:
+        with heartbeat:
+            return _train(row, attempt, recorder, device, settings, sessions, store, rlog)
+    except TrainingPaused:
+        return _hand_back(row, attempt, sessions, publisher, rlog)
+
+
+def _hand_back(
+    row: RunRow, attempt: repo.Attempt, sessions: SessionFactory, publisher: Publisher | None, rlog: RunLog
+) -> str | None:
+    try:
+        with sessions() as session:
+            status = release_attempt(session, attempt)
+    except repo.StaleAttempt as exc:
+        rlog.warning("not handing back: %s", exc)
+        return None
+    if status != "queued":
+        rlog.info("%s during shutdown", status)
+        return status
+    rlog.info("worker shutting down: handed back after a checkpoint, attempt not counted")
+    if publisher is not None:
+        try:
+            publisher.enqueue(row.id, row.device_request or "auto")
+        except Exception as exc:  # the reconciler republishes a queued run whose message is missing
+            rlog.warning("could not republish (the reconciler will): %s", exc)
+    return status
 
 
 def _train(
@@ -282,7 +333,7 @@ def _train(
             should_stop=recorder.should_stop,
             checkpoint_every=settings.checkpoint_every,
             on_checkpoint=recorder.on_checkpoint,
-            resume=_resume_state(row, store, rlog) if attempt.attempt > 1 else None,
+            resume=_resume_state(row, store, rlog),  # a handed-back job resumes on attempt 1
         )
         metrics = _finite(
             {
@@ -317,6 +368,8 @@ def _train(
         return None
     except TrainingCanceled:
         return _finish(sessions, attempt, rlog, "canceled")
+    except TrainingPaused:
+        raise  # run_job hands the job back once the heartbeat has stopped
     except OdeServeError as exc:
         return _finish(sessions, attempt, rlog, "failed", exc.kind, str(exc))
     except TimeLimitReached as exc:

@@ -1,22 +1,32 @@
-"""Celery signal handlers: per-process setup, and the reconciler thread of each worker."""
+"""Celery signal handlers: per-process setup, the reconciler thread of each worker, warm shutdown.
+
+On SIGTERM (``docker stop``, a deploy, ``odeserve up`` stopping) Celery starts a warm shutdown and
+sends ``worker_shutting_down`` in the main process; :data:`shutting_down` is then set and the
+running job checkpoints and hands itself back before its next step (``workers.runner.run_job``).
+That needs the job to run in the worker's own process: start workers with ``--pool=solo`` (the
+embedded service, the tests) or ``--pool=threads`` (compose: the ping health check stays answered).
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 
 import torch
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from service.config import get_settings
 from service.db import make_engine, make_session_factory
 from service.jobs.queue import CeleryDispatcher
 from service.jobs.reconcile import Reconciler
 
-__all__ = ["configure_process", "start_reconciler", "stop_reconciler"]
+__all__ = ["configure_process", "shutting_down", "start_reconciler", "stop_reconciler"]
 
 log = logging.getLogger(__name__)
 
 _reconciler: Reconciler | None = None
+shutting_down = threading.Event()
+"""Set once this worker's warm shutdown has begun: the running job hands itself back."""
 
 
 def configure_process() -> None:
@@ -58,3 +68,8 @@ def _on_ready(**_: object) -> None:
 @worker_shutdown.connect
 def _on_shutdown(**_: object) -> None:
     stop_reconciler()
+
+
+@worker_shutting_down.connect
+def _on_shutting_down(**_: object) -> None:
+    shutting_down.set()  # runs inside the signal handler: no logging here (the runner logs)

@@ -9,10 +9,11 @@ from sqlalchemy.exc import OperationalError
 
 from service.config import get_settings
 from service.db import SessionFactory, make_engine, make_session_factory
-from service.jobs.queue import TRAIN_TASK
+from service.jobs.queue import TRAIN_TASK, CeleryDispatcher
 from service.storage.models_store import open_store
 from workers.celery_app import app
 from workers.runner import run_job
+from workers.signals import shutting_down
 
 __all__ = ["train"]
 
@@ -20,6 +21,11 @@ __all__ = ["train"]
 @lru_cache(maxsize=1)
 def _sessions() -> SessionFactory:
     return make_session_factory(make_engine(get_settings().database_url))
+
+
+@lru_cache(maxsize=1)
+def _dispatcher() -> CeleryDispatcher:
+    return CeleryDispatcher(get_settings())
 
 
 @app.task(
@@ -39,4 +45,6 @@ def train(run_id: str) -> str | None:
         sessions=_sessions(),
         store=open_store(settings.models_store, settings.store_cache_dir, settings.s3_endpoint_url),
         worker=f"{socket.gethostname()}:{train.request.hostname or 'local'}",
+        shutdown=shutting_down,
+        publisher=_dispatcher(),
     )

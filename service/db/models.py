@@ -99,6 +99,8 @@ class RunRow(Base):
     sweep_values: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {grid path: value}
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_sha256: Mapped[str | None] = mapped_column(String(64))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    retry_of: Mapped[str | None] = mapped_column(String(36))  # the run this one retries
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -141,5 +143,7 @@ class SweepRow(Base):
     grid_keys: Mapped[list[str]] = mapped_column(JSON)  # the grid's paths in request order
     run_count: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="open")
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)  # scoped like a run's
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     canceled_at: Mapped[datetime | None]

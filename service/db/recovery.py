@@ -9,6 +9,7 @@ The database is the source of truth. A run is *lost* when it is
 Every claim is a conditional ``UPDATE`` that matches only the state the reconciler read, so two
 reconcilers racing over one run publish it once. Requeueing a stale ``running`` run bumps its fence:
 should the presumed-dead worker wake up, its next write raises :class:`~service.db.repository.StaleAttempt`.
+Cut-offs are taken on the database clock (:mod:`service.db.clock`), like the stamps they judge.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service.db.models import RunRow, RunStatus, utcnow
+from service.db.clock import db_now
+from service.db.models import RunRow, RunStatus
 
 __all__ = ["LostRun", "cancel_stale", "claim_queued", "find_lost", "requeue_stale"]
 
@@ -47,7 +49,7 @@ def find_lost(
     session: Session, *, queued_grace_s: float, heartbeat_timeout_s: float, limit: int = 500
 ) -> list[LostRun]:
     """Queued runs published more than ``queued_grace_s`` ago and active runs with a stale heartbeat."""
-    now = utcnow()
+    now = db_now(session)
     queued_cutoff = now - timedelta(seconds=queued_grace_s)
     beat_cutoff = now - timedelta(seconds=heartbeat_timeout_s)
     queued = (RunRow.status == RunStatus.queued.value) & (_published_at() < queued_cutoff)
@@ -70,7 +72,7 @@ def find_lost(
 
 
 def _update(session: Session, *where: object, **values: object) -> bool:
-    result = session.execute(update(RunRow).where(*where).values(updated_at=utcnow(), **values))
+    result = session.execute(update(RunRow).where(*where).values(updated_at=db_now(session), **values))
     session.commit()
     return bool(result.rowcount)
 
@@ -83,13 +85,13 @@ def claim_queued(session: Session, run: LostRun) -> bool:
         RunRow.id == run.run_id,
         RunRow.status == RunStatus.queued.value,
         _published_at() == run.published_at,
-        enqueued_at=utcnow(),
+        enqueued_at=db_now(session),
     )
 
 
 def requeue_stale(session: Session, run: LostRun, *, heartbeat_timeout_s: float) -> bool:
     """Turn a silent ``running`` run back into ``queued`` (fence bumped); True: publish it now."""
-    now = utcnow()
+    now = db_now(session)
     return _update(
         session,
         RunRow.id == run.run_id,
@@ -105,7 +107,7 @@ def requeue_stale(session: Session, run: LostRun, *, heartbeat_timeout_s: float)
 
 def cancel_stale(session: Session, run: LostRun, *, heartbeat_timeout_s: float) -> bool:
     """A ``canceling`` run whose worker went silent ends ``canceled`` (nothing left to stop)."""
-    now = utcnow()
+    now = db_now(session)
     return _update(
         session,
         RunRow.id == run.run_id,

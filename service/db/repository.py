@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import Select, delete, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
+from service.db.clock import db_now
 from service.db.models import DatasetRow, RunMetricRow, RunRow, RunStatus, utcnow
+from service.db.run_sort import RunSort, parse_sort
 
 __all__ = [
     "ACTIVE",
@@ -52,6 +55,7 @@ __all__ = [
     "run_metrics",
     "should_stop",
     "start_attempt",
+    "update_labels",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,7 +109,7 @@ def create_run(session: Session, **fields: Any) -> tuple[RunRow, bool]:
     key, digest = fields.get("idempotency_key"), fields.get("request_sha256")
     if key is not None and (existing := get_run_by_idempotency_key(session, key)) is not None:
         return _same_request(existing, digest), False
-    now = utcnow()
+    now = db_now(session)  # ``enqueued_at`` is judged by reconcilers on other hosts
     row = RunRow(
         status=RunStatus.queued.value,
         iteration=0,
@@ -143,10 +147,19 @@ def list_runs(
     model: str | None = None,
     dataset: str | None = None,
     sweep_id: str | None = None,
-    after: tuple[datetime, str] | None = None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+    sort: RunSort | None = None,
+    after: tuple[Any, str] | None = None,
 ) -> list[RunRow]:
-    """Newest first; ``after`` is the ``(created_at, id)`` of the last row of the previous page."""
-    query = select(RunRow).order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(limit)
+    """Runs matching every filter, ordered by ``sort`` (default: newest first).
+
+    ``name``: case-insensitive substring of the run's name; ``tags``: the run has every one.
+    ``after`` is the ``(sort value, id)`` of the last row of the previous page.
+    """
+    sort = sort or parse_sort(None, None)
+    dialect = session.get_bind().dialect.name
+    query = select(RunRow).limit(limit)
     if status is not None:
         query = query.where(RunRow.status == status)
     if model is not None:
@@ -155,7 +168,25 @@ def list_runs(
         query = query.where(or_(RunRow.dataset_name == dataset, RunRow.dataset_id == dataset))
     if sweep_id is not None:
         query = query.where(RunRow.sweep_id == sweep_id)
-    return list(session.scalars(after_keyset(query, RunRow, after)))
+    if name:
+        query = query.where(func.lower(RunRow.name).contains(name.lower(), autoescape=True))
+    for tag in dict.fromkeys(tags):
+        query = query.where(_has_tag(dialect, tag))
+    return list(session.scalars(sort.apply(query, dialect, after)))
+
+
+def _has_tag(dialect: str, tag: str) -> ColumnElement[bool]:
+    """``runs.tags`` (a JSON list of strings) holds ``tag``: one correlated EXISTS per dialect."""
+    elements = "json_array_elements_text" if dialect == "postgresql" else "json_each"
+    values = getattr(func, elements)(RunRow.tags).table_valued("value")
+    return select(literal(1)).select_from(values).where(values.c.value == tag).exists()
+
+
+def update_labels(session: Session, run_id: str, **values: Any) -> RunRow | None:
+    """Set a run's ``name`` and/or ``tags`` (the fields the client owns); None for an unknown run."""
+    result = session.execute(update(RunRow).where(RunRow.id == run_id).values(updated_at=utcnow(), **values))
+    session.commit()
+    return get_run(session, run_id) if result.rowcount else None
 
 
 def after_keyset(query: Select, row: Any, after: tuple[datetime, str] | None) -> Select:
@@ -250,7 +281,7 @@ def start_attempt(
     row = get_run(session, run_id)
     if row is None or RunStatus(row.status).terminal:
         return None
-    now = utcnow()
+    now = db_now(session)  # the heartbeat clock (service.db.clock)
     attempt, fence = row.attempt + 1, row.fence + 1  # read before the update refreshes ``row``
     guard = (RunRow.id == run_id, RunRow.fence == row.fence)
     if row.status == RunStatus.canceling.value:

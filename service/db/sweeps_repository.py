@@ -12,8 +12,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.db.clock import db_now
 from service.db.models import RunRow, RunStatus, SweepRow, utcnow
 from service.db.repository import after_keyset
 
@@ -22,6 +24,7 @@ __all__ = [
     "cancel_sweep",
     "create_sweep",
     "get_sweep",
+    "get_sweep_by_idempotency_key",
     "list_sweeps",
     "runs_by_sweep",
     "sweep_runs",
@@ -49,17 +52,33 @@ def sweep_status(statuses: Iterable[str]) -> str:
     return seen.pop() if len(seen) == 1 else "partial"
 
 
-def create_sweep(session: Session, sweep: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> SweepRow:
-    """Insert the sweep and its queued runs in one transaction (all or nothing)."""
+def get_sweep_by_idempotency_key(session: Session, key: str) -> SweepRow | None:
+    return session.scalars(select(SweepRow).where(SweepRow.idempotency_key == key)).first()
+
+
+def create_sweep(
+    session: Session, sweep: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]
+) -> tuple[SweepRow, bool]:
+    """Insert the sweep and its queued runs in one transaction (all or nothing).
+
+    Returns ``(sweep, created)``: when a concurrent request with the same ``idempotency_key``
+    committed first, its sweep and False (the caller compares ``request_sha256``).
+    """
     row = SweepRow(status="open", **sweep)
     session.add(row)
-    session.flush()  # the sweep row first: runs refer to it by id
-    session.add_all(
-        RunRow(status=RunStatus.queued.value, iteration=0, metrics={}, attempt=0, fence=0, **fields)
-        for fields in runs
-    )
-    session.commit()
-    return row
+    try:
+        session.flush()  # the sweep row first: runs refer to it by id
+        queued = {"status": RunStatus.queued.value, "enqueued_at": db_now(session)}  # the reconciler's clock
+        session.add_all(RunRow(iteration=0, metrics={}, attempt=0, fence=0, **queued, **f) for f in runs)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        key = sweep.get("idempotency_key")
+        existing = get_sweep_by_idempotency_key(session, key) if key else None
+        if existing is None:
+            raise
+        return existing, False
+    return row, True
 
 
 def get_sweep(session: Session, sweep_id: str) -> SweepRow | None:

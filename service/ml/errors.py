@@ -17,6 +17,7 @@ __all__ = [
     "SolverError",
     "StoreUnavailable",
     "TrainingCanceled",
+    "TrainingPaused",
     "UnknownNameError",
 ]
 
@@ -91,3 +92,9 @@ class TrainingCanceled(OdeServeError):
     """Raised inside ``fit`` when its ``should_stop`` callback asks to stop."""
 
     kind = "canceled"
+
+
+class TrainingPaused(Exception):
+    """Raised by a ``should_stop`` callback to pause ``fit``: it checkpoints the last finished step
+    (through ``on_checkpoint``) and re-raises. The run is meant to resume elsewhere, not to end; a
+    worker's warm shutdown is the one user. Not an :class:`OdeServeError`: nothing failed."""

@@ -25,7 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.ml.early_stopping import EarlyStopping, auto_val_interval
-from service.ml.errors import SolverError, TrainingCanceled
+from service.ml.errors import SolverError, TrainingCanceled, TrainingPaused
 from service.ml.models import DensityModel, build_model
 from service.ml.ode import SolverConfig, solver_errors
 
@@ -263,6 +263,7 @@ def fit(
 
     Raises:
         TrainingCanceled: ``should_stop()`` returned True (checked before every step).
+        TrainingPaused: ``should_stop()`` raised it; the last finished step was checkpointed first.
         SolverError: the ODE solver failed or the loss became non-finite.
     """
     data = _with_validation(model, data, config)
@@ -291,9 +292,16 @@ def fit(
     sums = _NfeSums(history)
     started = time.perf_counter()
     metrics: dict[str, float] = {}
-    iteration, stopped = start_iteration, False
+    iteration, stopped, last_checkpoint = start_iteration, False, start_iteration
     for iteration in range(start_iteration + 1, config.iterations + 1):
-        if should_stop is not None and should_stop():
+        try:
+            stop = should_stop is not None and should_stop()
+        except TrainingPaused:
+            if on_checkpoint is not None and iteration - 1 > last_checkpoint:
+                wall = wall_offset + time.perf_counter() - started
+                on_checkpoint(_snapshot(model, optimizer, generator, iteration - 1, history, wall, stopper))
+            raise
+        if stop:
             raise TrainingCanceled(f"run canceled before iteration {iteration}", value=iteration)
         optimizer.zero_grad(set_to_none=True)
         out = model.training_loss(data.batch(config.batch_size, generator), generator, iteration)
@@ -345,6 +353,7 @@ def fit(
             )
         if on_checkpoint is not None and checkpoint_every and iteration % checkpoint_every == 0:
             on_checkpoint(_snapshot(model, optimizer, generator, iteration, history, wall, stopper))
+            last_checkpoint = iteration
         if stopped:
             break
     if stopper is not None and stopper.best_state is not None:

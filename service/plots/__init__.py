@@ -11,20 +11,19 @@ import matplotlib
 
 matplotlib.use("Agg")  # before anything can import pyplot; the service never opens a window
 
-from service.plots.cache import cached_png  # noqa: E402
 from service.plots.density import density_png, samples_png  # noqa: E402
 from service.plots.flow import flow_gif, flow_png  # noqa: E402
 from service.plots.forecast import forecast_png  # noqa: E402
-from service.plots.loss import loss_png  # noqa: E402
+from service.plots.loss import loss_png, losses_png  # noqa: E402
 from service.plots.sweep import sweep_png  # noqa: E402
 
 __all__ = [
-    "cached_png",
     "density_png",
     "flow_gif",
     "flow_png",
     "forecast_png",
     "loss_png",
+    "losses_png",
     "samples_png",
     "sweep_png",
 ]

@@ -10,13 +10,21 @@ import enum
 import math
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from service.db.models import DatasetRow, RunMetricRow, RunRow, RunStatus
 from service.ml.data import DATASETS, MAX_DIM
-from service.ml.models import MODELS
+from service.ml.models import MODELS, stored_model_config
 from service.ml.ode import SolverConfig
 from service.ml.series import SERIES_DATASETS
 from service.ml.training import TrainConfig
@@ -24,6 +32,7 @@ from service.schemas.series import MAX_DENSITY_SERIES, SeriesIn
 
 __all__ = [
     "MAX_DENSITY_POINTS",
+    "MAX_TAGS",
     "MAX_SAMPLE_N",
     "MAX_UPLOAD_POINTS",
     "BUILTIN_DATASETS",
@@ -43,8 +52,12 @@ __all__ = [
     "RunError",
     "RunList",
     "RunOut",
+    "RunPatch",
     "SampleOut",
+    "Tag",
+    "Tags",
     "TrainRequest",
+    "stored_request",
 ]
 
 MAX_SAMPLE_N = 10_000
@@ -54,6 +67,20 @@ MAX_DENSITY_POINTS = 10_000
 MAX_UPLOAD_POINTS = 200_000
 """Most points an uploaded dataset may have (422 above; bodies over the byte limit get 413)."""
 MAX_BUILTIN_SAMPLES = 200_000
+MAX_TAGS = 16
+"""Most tags one run may carry (each 1-64 characters of ``A-Za-z0-9_.:-``)."""
+
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Tags = Annotated[
+    list[Tag],
+    Field(
+        max_length=MAX_TAGS,
+        description=f"Labels to filter runs by (GET /runs?tag=): at most {MAX_TAGS}, each 1-64 "
+        "characters of A-Z a-z 0-9 _ . : -; repeats are dropped, order is kept.",
+        examples=[["baseline", "tol:1e-3"]],
+    ),
+    AfterValidator(lambda tags: list(dict.fromkeys(tags))),
+]
 
 BUILTIN_DATASETS: dict[str, tuple[str, int, str]] = {
     **{name: (spec.kind, spec.dim, spec.description) for name, spec in DATASETS.items()},
@@ -120,6 +147,7 @@ class TrainRequest(BaseModel):
     )
     training: TrainConfig = Field(default_factory=TrainConfig)
     name: str | None = Field(None, max_length=200, description="Free-form label.")
+    tags: Tags = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description=(
@@ -131,6 +159,28 @@ class TrainRequest(BaseModel):
     def resolved_solver(self) -> SolverConfig:
         """The solver the run records: the request's, or the model's default."""
         return self.solver or MODELS[self.model.value].default_solver
+
+
+def stored_request(row: RunRow) -> TrainRequest:
+    """The ``POST /train`` body that repeats ``row``'s run: its stored (resolved) settings, name,
+    tags and device. Raises ``ValidationError`` when they no longer validate."""
+    ref = row.dataset or {}
+    if row.dataset_id:
+        dataset: dict[str, Any] = {"id": row.dataset_id}
+    else:
+        dataset = {k: ref[k] for k in ("name", "n_train", "n_test") if k in ref}
+    return TrainRequest.model_validate(
+        {
+            "model": row.model,
+            "dataset": dataset,
+            "model_config": stored_model_config(row.model, row.model_config),
+            "solver": row.solver,
+            "training": row.training,
+            "name": row.name,
+            "tags": list(row.tags or []),
+            "device": row.device_request or "auto",
+        }
+    )
 
 
 class Progress(BaseModel):
@@ -181,9 +231,12 @@ class RunOut(BaseModel):
     sweep_values: dict[str, Any] | None = Field(
         None, description="This run's grid values when it belongs to a sweep ({path: value})."
     )
+    tags: list[str] = Field(default_factory=list)
+    retry_of: str | None = Field(None, description="The run this one retries (POST /runs/{id}/retry).")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    updated_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: RunRow) -> RunOut:
@@ -212,10 +265,39 @@ class RunOut(BaseModel):
             checkpoint_sha256=row.checkpoint_sha256,
             sweep_id=row.sweep_id,
             sweep_values=row.sweep_values,
+            tags=list(row.tags or []),
+            retry_of=row.retry_of,
             created_at=_utc(row.created_at),
             started_at=_utc(row.started_at),
             finished_at=_utc(row.finished_at),
+            updated_at=_utc(row.updated_at),
         )
+
+
+class RunPatch(BaseModel):
+    """``PATCH /runs/{id}``: the labels a client may change; fields left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200, description="New label (null clears it).")
+    tags: Tags | None = Field(None, description="Replaces the run's tags ([] removes them all).")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_not_null(cls, tags: list[str] | None) -> list[str]:
+        if tags is None:
+            raise ValueError("tags must be a list of strings; send [] to remove every tag")
+        return tags
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> RunPatch:
+        if not self.model_fields_set:
+            raise ValueError("give name and/or tags to change")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        """The columns to update."""
+        return {k: getattr(self, k) for k in ("name", "tags") if k in self.model_fields_set}
 
 
 class RunList(BaseModel):

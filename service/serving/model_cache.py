@@ -1,6 +1,7 @@
 """A bounded LRU of loaded models, keyed by run id and checkpoint digest.
 
-Keying by digest means a retrained or replaced checkpoint is never served from a stale entry. Each
+Keying by digest means a retrained or replaced checkpoint is never served from a stale entry.
+Concurrent first queries on one checkpoint share a single load (:class:`SingleFlight`). Each
 entry carries a lock: inference on one model is serialised (the CNF keeps per-solve state), while
 different models run in parallel in the threadpool. Each entry's :class:`Batcher` merges concurrent
 density requests into one pass (``service.serving.batching``).
@@ -29,6 +30,7 @@ from service.ml.checkpoint import load_checkpoint
 from service.ml.models import DensityModel
 from service.serving.batching import Batcher, BatchPolicy
 from service.storage.models_store import ModelStore
+from service.storage.single_flight import SingleFlight
 
 __all__ = ["REFRESH_AHEAD_S", "SERVED_RUN_TTL_S", "CachedModel", "ModelCache", "ServedRun"]
 
@@ -85,6 +87,7 @@ class ModelCache:
         self._runs: dict[str, tuple[float, ServedRun]] = {}
         self._refreshing: set[str] = set()
         self._lock = threading.Lock()
+        self._loading: SingleFlight[CachedModel] = SingleFlight()  # one load per cold checkpoint
 
     def recall(self, run_id: str) -> ServedRun | None:
         """The succeeded run remembered by ``remember`` within the last ``SERVED_RUN_TTL_S``."""
@@ -135,6 +138,13 @@ class ModelCache:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
+                return entry
+        return self._loading.do(key, lambda: self._load(run_id, digest))
+
+    def _load(self, run_id: str, digest: str) -> CachedModel:
+        key = (run_id, digest)
+        with self._lock:  # a load that finished just before this flight began
+            if (entry := self._entries.get(key)) is not None:
                 return entry
         directory = self.store.checkpoint_dir(run_id, digest)  # fetched from an object store if needed
         loaded = load_checkpoint(directory, expected_digest=digest)

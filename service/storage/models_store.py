@@ -36,6 +36,7 @@ from torch import Tensor
 from service.ml.checkpoint import checkpoint_digest
 from service.ml.errors import CheckpointError
 from service.storage.blobs import Blobs, check_key
+from service.storage.single_flight import SingleFlight
 
 __all__ = ["LocalBlobs", "ModelStore", "atomic_write", "open_store"]
 
@@ -106,6 +107,7 @@ class ModelStore:
         self.root = Path(root).resolve()
         self.blobs: Blobs = blobs if blobs is not None else LocalBlobs(self.root)
         self._fetching = threading.Lock()
+        self._rendering: SingleFlight[bytes] = SingleFlight()
 
     @property
     def remote(self) -> bool:
@@ -151,9 +153,13 @@ class ModelStore:
     def cached(self, key: str, make: Callable[[], bytes]) -> bytes:
         """The blob at ``key`` if there is one, else ``make()`` stored there and returned.
 
-        For figures of immutable things (keys carry the checkpoint digest). Concurrent callers may
-        both render; the write is atomic, so the last one wins with a complete blob.
+        For figures of immutable things (keys carry the checkpoint digest). Concurrent callers in
+        this process share one ``make()`` (:class:`SingleFlight`); across processes the write is
+        atomic, so the last one wins with a complete blob.
         """
+        return self._rendering.do(key, lambda: self._read_or_make(key, make))
+
+    def _read_or_make(self, key: str, make: Callable[[], bytes]) -> bytes:
         try:
             return self.blobs.read(key)
         except FileNotFoundError:

@@ -15,7 +15,6 @@ from service.ml.errors import ConfigError, DataError
 from service.ml.models import build_model
 from service.ml.ode import SolverConfig
 from service.plots import (
-    cached_png,
     density_png,
     flow_gif,
     flow_png,
@@ -172,18 +171,3 @@ def test_forecast_png() -> None:
         forecast_png(times, values[:, :1], grid, mean, std)
     with pytest.raises(DataError, match="shape"):
         forecast_png(times, values, grid[:-1], mean, std)
-
-
-def test_cached_png_renders_once(tmp_path) -> None:  # noqa: ANN001
-    calls = []
-
-    def make() -> bytes:
-        calls.append(1)
-        return b"\x89PNG fake bytes"
-
-    path = tmp_path / "run-1" / "plots" / "density.png"
-    first = cached_png(path, make)
-    second = cached_png(path, make)
-    assert first == second == path.read_bytes()
-    assert len(calls) == 1
-    assert sorted(p.name for p in path.parent.iterdir()) == ["density.png"]  # no temp files left

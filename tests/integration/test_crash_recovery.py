@@ -8,8 +8,11 @@ stale after 2 s, a reconciler pass every 0.5 s, queued runs republished after 2 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,11 +30,14 @@ from processes import (  # tests/integration is on sys.path (rootless test dir)
     stop,
     wait_for_run,
 )
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from service.api.main import create_app
 from service.config import Settings
+from service.db import RunRow, make_engine, make_session_factory
 from service.jobs.queue import CeleryDispatcher
-from service.ml.checkpoint import load_checkpoint
+from service.ml.checkpoint import MANIFEST, load_checkpoint
 from service.storage.models_store import ModelStore
 
 pytestmark = pytest.mark.integration
@@ -100,6 +106,108 @@ def test_killed_worker_resumes_from_checkpoint_to_the_same_result(fast_settings,
     text = log.read_text(errors="replace")
     assert f"run={crashed} resuming from iteration" in text
     assert f"run={crashed} heartbeat stale" in text
+
+
+def test_sigterm_hands_the_run_back_uncounted_and_it_finishes_identically(fast_settings, tmp_path):
+    """A deploy: SIGTERM makes a warm shutdown, the run checkpoints, goes back to the queue with its
+    attempt not counted, and the next worker finishes it to the uninterrupted result."""
+    log = tmp_path / "workers.log"
+    store = ModelStore(fast_settings.models_store)
+    body = {**CRASH_RUN, "training": {**CRASH_RUN["training"], "iterations": 60}}
+    first = start_worker(fast_settings, log)
+    second = None
+    try:
+        with TestClient(create_app(fast_settings)) as client:
+            wait = _waiter(client, log)
+            reference = post_run(client, body)
+            stopped = post_run(client, body)
+            assert wait(reference, lambda r: r["status"] in TERMINAL)["status"] == "succeeded"
+            wait(stopped, lambda r: r["progress"]["iteration"] >= 3 or r["status"] in TERMINAL)
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=30)  # the warm shutdown waits for the job, which stops at its next step
+            handed_back = client.get(f"/runs/{stopped}").json()
+            assert handed_back["status"] == "queued" and handed_back["attempt"] == 0, handed_back
+            paused_at = handed_back["progress"]["iteration"]
+            assert 3 <= paused_at < 60
+
+            second = start_worker(fast_settings, log)
+            done = wait(stopped, lambda r: r["status"] in TERMINAL)
+            history = client.get(f"/runs/{stopped}/metrics").json()
+            ref_history = client.get(f"/runs/{reference}/metrics").json()
+    finally:
+        stop(first)
+        stop(second)
+    assert first.returncode == 0  # a clean exit, not a kill
+    assert done["status"] == "succeeded" and done["attempt"] == 1, done
+    assert [h["iteration"] for h in history] == list(range(1, 61))
+    assert [h["loss"] for h in history] == [h["loss"] for h in ref_history]
+    assert _weights_digest(store, stopped) == _weights_digest(store, reference)
+    text = log.read_text(errors="replace")
+    assert f"run={stopped} worker shutting down: handed back" in text
+    assert f"run={stopped} resuming from iteration {paused_at}" in text
+
+
+def _in_checkpoint_window(store: ModelStore, sessions, run_id: str) -> int | None:
+    """While the worker is stopped: the committed checkpoint iteration if the worker is between
+    swapping in a new checkpoint and committing its digest (the old one kept as ``.prev``)."""
+    with sessions() as session:
+        row = session.execute(
+            select(RunRow.checkpoint_sha256, RunRow.checkpoint_iteration).where(RunRow.id == run_id)
+        ).one()
+    directory = store.run_dir(run_id)
+    if (
+        row.checkpoint_sha256 is None
+        or not (directory.parent / f".{directory.name}.prev-{row.checkpoint_sha256}").is_dir()
+    ):
+        return None
+    try:
+        on_disk = json.loads((directory / MANIFEST).read_text())["digest"]
+    except (OSError, ValueError, KeyError):
+        on_disk = None  # between the two renames: no checkpoint at the run's path at all
+    return row.checkpoint_iteration if on_disk != row.checkpoint_sha256 else None
+
+
+def test_kill_9_inside_the_checkpoint_window_resumes_from_the_committed_one(fast_settings, tmp_path):
+    """A real SIGKILL between a checkpoint's swap and its digest's commit. With a checkpoint every
+    step the window is open much of the time; the worker is frozen (SIGSTOP) at random moments
+    until one falls inside it, then killed there."""
+    settings = fast_settings.model_copy(update={"checkpoint_every": 1})
+    log = tmp_path / "workers.log"
+    store = ModelStore(settings.models_store)
+    engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    rng = random.Random(0)
+    first, second, committed = start_worker(settings, log), None, None
+    try:
+        with TestClient(create_app(settings)) as client:
+            wait = _waiter(client, log)
+            reference = post_run(client, CRASH_RUN)
+            assert wait(reference, lambda r: r["status"] in TERMINAL)["status"] == "succeeded"
+            crashed = post_run(client, CRASH_RUN)
+            wait(crashed, lambda r: r["checkpoint_sha256"] is not None)
+            for _ in range(2000):
+                os.kill(first.pid, signal.SIGSTOP)
+                try:
+                    committed = _in_checkpoint_window(store, sessions, crashed)
+                except OperationalError:  # SQLite locked by the frozen writer: not this time
+                    committed = None
+                if committed is not None:
+                    os.kill(first.pid, signal.SIGKILL)
+                    break
+                os.kill(first.pid, signal.SIGCONT)
+                time.sleep(rng.uniform(0, 0.01))
+            first.wait(timeout=10)
+            assert committed is not None, "never caught the worker inside the window"
+            second = start_worker(settings, log)
+            done = wait(crashed, lambda r: r["status"] in TERMINAL)
+    finally:
+        stop(first)
+        stop(second)
+        engine.dispose()
+    assert done["status"] == "succeeded" and done["attempt"] == 2, done
+    text = log.read_text(errors="replace")
+    assert f"run={crashed} resuming from iteration {committed}" in text  # not from 0
+    assert _weights_digest(store, crashed) == _weights_digest(store, reference)
 
 
 @pytest.fixture

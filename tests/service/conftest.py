@@ -2,13 +2,18 @@
 
 ``InlineQueue`` stands where the broker would: it records queued run ids, and ``run_pending``
 trains them with ``workers.runner.run_job`` (the code the Celery task calls). Real Celery, Redis and
-Postgres are exercised in ``tests/integration``.
+Postgres are exercised in ``tests/integration``; ``db_api`` runs a test on this SQLite app and on
+one over PostgreSQL (``ODESERVE_TEST_DATABASE_URL``, default the local ``test`` db, in a schema of
+its own): skipped when PostgreSQL is unreachable, failed then with ``CI=true``.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from recording_queue import RecordingQueue  # tests/service is on sys.path (rootless test dir)
+from sqlalchemy import create_engine, text
 
 from service.api.main import create_app
 from service.config import Settings
@@ -115,3 +121,56 @@ def _assert_problem(response: Any, status: int, field: str | None = None) -> dic
 def problem() -> Any:
     """``problem(response, status, field=None)``: assert RFC 9457 problem+json naming ``field``."""
     return _assert_problem
+
+
+PG_URL = os.environ.get("ODESERVE_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@dataclass
+class DbApi:
+    """An app over one database: its client, session factory and recording queue."""
+
+    dialect: str
+    client: TestClient
+    sessions: SessionFactory
+    queue: RecordingQueue
+
+
+@pytest.fixture(scope="session")
+def postgres_api(settings: Settings) -> Iterator[DbApi]:
+    schema = f"odeserve_svc_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true requires PostgreSQL at {PG_URL}: {exc}")
+        pytest.skip(f"PostgreSQL at {PG_URL} unreachable: {exc}")
+    sep = "&" if "?" in PG_URL else "?"
+    url = f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    try:
+        upgrade(url)
+        engine = make_engine(url)
+        sessions = make_session_factory(engine)
+        queue = RecordingQueue()
+        app = create_app(
+            settings.model_copy(update={"database_url": url}), session_factory=sessions, dispatcher=queue
+        )
+        with TestClient(app) as client:
+            yield DbApi("postgresql", client, sessions, queue)
+        engine.dispose()
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_api(
+    request: pytest.FixtureRequest, client: TestClient, sessions: SessionFactory, queue: InlineQueue
+) -> DbApi:
+    """The API over SQLite (the session app) and over PostgreSQL; the tests clear what they queue."""
+    if request.param == "sqlite":
+        return DbApi("sqlite", client, sessions, queue)
+    return request.getfixturevalue("postgres_api")

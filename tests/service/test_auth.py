@@ -19,7 +19,7 @@ RIGHT = {"Authorization": f"Bearer {KEYS[1]}"}
 WRONG = {"Authorization": "Bearer not-a-key"}
 MALFORMED = {"Authorization": f"Basic {KEYS[0]}"}
 OPEN_ROUTES = {"/livez", "/readyz", "/metrics"}
-QUERY_POSTS = {"/density", "/predict"}  # POST only to carry large bodies; reads, not writes
+QUERY_POSTS = {"/density", "/predict", "/runs/compare"}  # POST only to carry bodies; reads, not writes
 
 
 def _client(settings: Any, sessions: Any, **changes: Any) -> TestClient:
@@ -122,6 +122,9 @@ def test_cors_is_off_by_default_and_explicit_when_on(client, settings, sessions)
         ok = cors.get("/livez", headers={"Origin": "https://ui.example"})
         assert ok.headers["access-control-allow-origin"] == "https://ui.example"
         assert "access-control-allow-origin" not in cors.options("/train", headers=preflight).headers
+        patch = {"Origin": "https://ui.example", "Access-Control-Request-Method": "PATCH"}
+        allowed_patch = cors.options(f"/runs/{uuid.uuid4()}", headers=patch)
+        assert "PATCH" in allowed_patch.headers["access-control-allow-methods"]  # tags from the page
 
 
 TINY_TRAIN = {

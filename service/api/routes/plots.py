@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Response
 from sqlalchemy.orm import Session
@@ -35,7 +36,7 @@ from service.serving.run_figures import (
 )
 from service.storage.models_store import ModelStore
 
-__all__ = ["GifResponse", "PngResponse", "router"]
+__all__ = ["GifResponse", "PngResponse", "router", "run_history"]
 
 router = APIRouter(tags=["plots"])
 
@@ -71,8 +72,9 @@ def _check_model(row: RunRow, kind: PlotKind) -> None:
         )
 
 
-def _loss(session: Session, row: RunRow, store: ModelStore) -> bytes:
-    history = [
+def run_history(session: Session, run_id: str) -> list[dict[str, Any]]:
+    """The run's per-iteration records as the loss figures take them."""
+    return [
         {
             "iteration": m.iteration,
             "wall_s": m.wall_s,
@@ -81,8 +83,12 @@ def _loss(session: Session, row: RunRow, store: ModelStore) -> bytes:
             "nfe_backward": m.nfe_backward,
             **(m.extra or {}),
         }
-        for m in repo.run_metrics(session, row.id)
+        for m in repo.run_metrics(session, run_id)
     ]
+
+
+def _loss(session: Session, row: RunRow, store: ModelStore) -> bytes:
+    history = run_history(session, row.id)
     if not history:
         raise run_not_ready(row, "this plot needs at least one recorded iteration")
     if row.status != RunStatus.succeeded or not row.checkpoint_sha256:

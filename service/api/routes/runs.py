@@ -1,4 +1,4 @@
-"""Run resources: list with cursor pagination, read, cancel, per-iteration metrics, delete."""
+"""Run resources: list (sorted, filtered, cursor-paginated), read, label, cancel, retry, metrics, delete."""
 
 from __future__ import annotations
 
@@ -6,19 +6,30 @@ import base64
 import binascii
 import json
 import uuid
-from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Response
 
-from service.api.auth import RequireWriteKey
-from service.api.deps import ModelCacheDep, SessionDep, StoreDep
+from service.api.auth import Principal, RequireWriteKey
+from service.api.deps import DispatcherDep, ModelCacheDep, SessionDep, SettingsDep, StoreDep
 from service.api.errors import ApiError
+from service.api.routes.train import IdempotencyKey, submit
 from service.api.serving import get_run_or_404
 from service.db import RunRow, RunStatus
 from service.db import repository as repo
-from service.schemas.runs import MetricPoint, ModelName, Problem, RunList, RunOut
+from service.db.run_sort import DEFAULT_SORT, RunSort, parse_sort
+from service.schemas.runs import (
+    MAX_TAGS,
+    MetricPoint,
+    ModelName,
+    Problem,
+    RunList,
+    RunOut,
+    RunPatch,
+    Tag,
+    stored_request,
+)
 
 __all__ = ["router"]
 
@@ -30,20 +41,34 @@ DEFAULT_METRICS_LIMIT = 1000
 MAX_METRICS_LIMIT = 10_000
 
 
-def _encode_cursor(row: RunRow) -> str:
-    raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
+def _encode_cursor(sort: RunSort, row: RunRow) -> str:
+    raw = json.dumps([sort.key, sort.order, sort.encode_value(sort.row_value(row)), row.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def _decode_cursor(cursor: str, sort: RunSort) -> tuple[Any, str]:
+    """``(sort value, id)`` of the row a page ended on; 422 for a cursor of another sort."""
+    invalid = ApiError(
+        422, "invalid_cursor", "cursor is not one this API issued", errors=[("cursor", "invalid cursor")]
+    )
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, run_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(uuid.UUID(run_id))
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if len(raw) == 2:  # issued before sorting existed: newest first
+            raw = [DEFAULT_SORT, "desc", *raw]
+        key, order, value, run_id = raw
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise invalid from None
+    if (key, order) != (sort.key, sort.order):
         raise ApiError(
-            422, "invalid_cursor", "cursor is not one this API issued", errors=[("cursor", "invalid cursor")]
-        ) from None
+            422,
+            "invalid_cursor",
+            f"this cursor continues sort={key}&order={order}, not sort={sort.key}&order={sort.order}",
+            errors=[("cursor", "follow the next link as given, or drop cursor to start over")],
+        )
+    try:
+        return sort.decode_value(value), str(uuid.UUID(run_id))
+    except (ValueError, TypeError, AttributeError):
+        raise invalid from None
 
 
 @router.get("/runs", response_model=RunList, responses={422: {"model": Problem}})
@@ -53,24 +78,49 @@ def list_runs(
     model: ModelName | None = None,
     dataset: Annotated[str | None, Query(max_length=200, description="Dataset name or id.")] = None,
     sweep_id: Annotated[uuid.UUID | None, Query()] = None,
+    name: Annotated[
+        str | None, Query(max_length=200, description="Case-insensitive substring of the run's name.")
+    ] = None,
+    tag: Annotated[
+        list[Tag], Query(max_length=MAX_TAGS, description="Repeatable: runs carrying every tag given.")
+    ] = [],  # noqa: B006 (FastAPI copies the default)
+    sort: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            description="A column (created_at, updated_at, started_at, finished_at, name, status, "
+            "model, dataset, wall_s, iteration, attempt), metrics.<key> (e.g. metrics.test_nll) or a "
+            "setting (solver.rtol, training.iterations, model_config.<field>, dataset.n_train). "
+            "Runs without the value come last in both orders. Default created_at.",
+            examples=["metrics.test_nll"],
+        ),
+    ] = None,
+    order: Annotated[
+        Literal["asc", "desc"] | None,
+        Query(description="Default: desc for times (newest first), asc for everything else."),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    cursor: Annotated[str | None, Query(max_length=600)] = None,
 ) -> RunList:
-    """Runs, newest first. Follow ``next`` for the following page."""
+    """Runs, newest first unless ``sort`` says otherwise. Follow ``next`` for the following page."""
+    parsed = parse_sort(sort, order)
     filters = {
         "status": status.value if status else None,
         "model": model.value if model else None,
         "dataset": dataset,
         "sweep_id": str(sweep_id) if sweep_id else None,
+        "name": name or None,
     }
-    after = _decode_cursor(cursor) if cursor else None
-    rows = repo.list_runs(session, limit=limit + 1, after=after, **filters)
+    after = _decode_cursor(cursor, parsed) if cursor else None
+    rows = repo.list_runs(session, limit=limit + 1, tags=tag, sort=parsed, after=after, **filters)
     next_link = None
     if len(rows) > limit:
         rows = rows[:limit]
-        query = {k: v for k, v in filters.items() if v is not None}
-        query |= {"limit": limit, "cursor": _encode_cursor(rows[-1])}
-        next_link = f"/runs?{urlencode(query)}"
+        query: dict[str, Any] = {k: v for k, v in filters.items() if v is not None}
+        query |= {"tag": list(tag)} if tag else {}
+        query |= {"sort": parsed.key, "order": parsed.order} if sort or order else {}
+        query |= {"limit": limit, "cursor": _encode_cursor(parsed, rows[-1])}
+        next_link = f"/runs?{urlencode(query, doseq=True)}"
     return RunList(items=[RunOut.from_row(r) for r in rows], next=next_link)
 
 
@@ -78,6 +128,61 @@ def list_runs(
 def get_run(run_id: uuid.UUID, session: SessionDep) -> RunOut:
     """The run resource, with progress (fraction, ETA) and metrics."""
     return RunOut.from_row(get_run_or_404(session, run_id))
+
+
+@router.patch(
+    "/runs/{run_id}",
+    response_model=RunOut,
+    responses={**NOT_FOUND, 422: {"model": Problem, "description": "Invalid name or tags"}},
+)
+def patch_run(run_id: uuid.UUID, body: RunPatch, session: SessionDep, _: RequireWriteKey) -> RunOut:
+    """Change a run's ``name`` and/or ``tags`` (the rest of a run is fixed once it is created)."""
+    row = repo.update_labels(session, str(run_id), **body.changes())
+    if row is None:
+        raise ApiError(
+            404, "run_not_found", f"no run with id {run_id}", errors=[("run_id", "unknown run id")]
+        )
+    return RunOut.from_row(row)
+
+
+RETRYABLE = (RunStatus.failed.value, RunStatus.canceled.value)
+
+
+@router.post(
+    "/runs/{run_id}/retry",
+    status_code=202,
+    response_model=RunOut,
+    responses={
+        **NOT_FOUND,
+        409: {"model": Problem, "description": "Run not failed or canceled, or Idempotency-Key reused"},
+        422: {"model": Problem, "description": "The stored request no longer validates"},
+    },
+)
+def retry_run(
+    run_id: uuid.UUID,
+    response: Response,
+    session: SessionDep,
+    dispatcher: DispatcherDep,
+    settings: SettingsDep,
+    principal: Principal,
+    idempotency_key: IdempotencyKey = None,
+) -> RunOut:
+    """Start a new run with the request of a ``failed`` or ``canceled`` one (``retry_of`` names it).
+
+    It goes through ``POST /train``'s checks and queueing; the old run stays as it is."""
+    old = get_run_or_404(session, run_id)
+    if old.status not in RETRYABLE:
+        raise ApiError(
+            409,
+            "run_not_retryable",
+            f"run {run_id} is {old.status}; only failed or canceled runs can be retried",
+            errors=[("run_id", f"run status is {old.status}; retry needs failed or canceled")],
+            extra={"run_status": old.status},
+        )
+    request = stored_request(old)
+    return submit(
+        session, dispatcher, settings, request, response, principal, idempotency_key, retry_of=old.id
+    )
 
 
 @router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunOut, responses=NOT_FOUND)

@@ -21,11 +21,11 @@ from fastapi import APIRouter, Query, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from service.api.auth import RequireWriteKey
+from service.api.auth import Principal, RequireWriteKey
 from service.api.deps import DispatcherDep, SessionDep, SettingsDep, StoreDep
 from service.api.errors import ApiError, validation_errors
 from service.api.routes.plots import PngResponse
-from service.api.routes.train import run_fields
+from service.api.routes.train import IdempotencyKey, request_digest, run_fields, scoped_key
 from service.db import sweeps_repository as sweeps
 from service.db.models import SweepRow
 from service.jobs.sweeps import expand_grid
@@ -94,6 +94,7 @@ def _label(name: str | None, combo: dict[str, Any]) -> str:
     status_code=202,
     response_model=SweepOut,
     responses={
+        409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
         422: {"model": Problem, "description": "Invalid base request or grid (the field is named)"},
     },
 )
@@ -103,9 +104,17 @@ def create_sweep(
     session: SessionDep,
     dispatcher: DispatcherDep,
     settings: SettingsDep,
-    _: RequireWriteKey,
+    principal: Principal,
+    idempotency_key: IdempotencyKey = None,
 ) -> SweepOut:
-    """Create one run per grid combination and queue them; poll ``Location`` for the table."""
+    """Create one run per grid combination and queue them; poll ``Location`` for the table.
+
+    ``Idempotency-Key`` works as on ``POST /train``: the same key and body return the first sweep
+    (``Idempotent-Replayed: true``) without queueing anything again; another body is a 409."""
+    scoped = None if idempotency_key is None else scoped_key(principal, idempotency_key)
+    digest = request_digest(body)
+    if scoped is not None and (existing := sweeps.get_sweep_by_idempotency_key(session, scoped)):
+        return _replayed(session, existing, digest, response)
     base = body.base.model_dump(mode="json", by_alias=True, exclude_unset=True)
     try:
         combos = expand_grid(base, body.grid, datasets=list(BUILTIN_DATASETS))
@@ -126,8 +135,12 @@ def create_sweep(
         "grid": body.grid,
         "grid_keys": list(body.grid),
         "run_count": len(runs),
+        "idempotency_key": scoped,
+        "request_sha256": digest,
     }
-    sweeps.create_sweep(session, sweep, runs)
+    row, created = sweeps.create_sweep(session, sweep, runs)
+    if not created:  # a concurrent request with the same key won
+        return _replayed(session, row, digest, response)
     for fields in runs:
         try:
             dispatcher.enqueue(fields["id"], fields["device_request"])
@@ -138,6 +151,20 @@ def create_sweep(
     row = sweeps.get_sweep(session, sweep_id)
     assert row is not None
     return SweepOut.from_rows(row, sweeps.sweep_runs(session, sweep_id))
+
+
+def _replayed(session: Session, row: SweepRow, digest: str, response: Response) -> SweepOut:
+    """The sweep an ``Idempotency-Key`` already made, when the body is the same; else 409."""
+    if row.request_sha256 != digest:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            f"Idempotency-Key was already used for sweep {row.id} with a different request",
+            errors=[("Idempotency-Key", "reuse a key only to retry the identical request")],
+        )
+    response.headers["Location"] = f"/sweeps/{row.id}"
+    response.headers["Idempotent-Replayed"] = "true"
+    return SweepOut.from_rows(row, sweeps.sweep_runs(session, row.id))
 
 
 def _encode_cursor(row: SweepRow) -> str:

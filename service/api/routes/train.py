@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from service.api.auth import Principal
 from service.api.deps import DispatcherDep, SessionDep, SettingsDep
 from service.api.errors import ApiError
+from service.config import Settings
 from service.db import repository as repo
 from service.ml.errors import ConfigError
 from service.ml.memory import check_training_memory
@@ -22,11 +23,18 @@ from service.ml.models import MODELS, parse_model_config
 from service.ml.ode import SolverConfig
 from service.schemas.runs import BUILTIN_DATASETS, Problem, RunOut, TrainRequest
 
-__all__ = ["router", "run_fields", "scoped_key"]
+__all__ = ["IDEMPOTENCY_KEY", "request_digest", "router", "run_fields", "scoped_key", "submit"]
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["runs"])
+
+IDEMPOTENCY_KEY = Header(
+    max_length=200,
+    description="Scoped to the caller's API key: the same key with the same body returns the same "
+    "resource (Idempotent-Replayed: true); with another body, 409.",
+)
+IdempotencyKey = Annotated[str | None, IDEMPOTENCY_KEY]
 
 
 def _dataset(session: Session, request: TrainRequest) -> tuple[dict[str, Any], str, str | None, int]:
@@ -55,8 +63,9 @@ def scoped_key(principal: str, idempotency_key: str) -> str:
     return hashlib.sha256(f"{principal}\0{idempotency_key}".encode()).hexdigest()
 
 
-def _request_digest(request: TrainRequest) -> str:
-    text = json.dumps(request.model_dump(mode="json", by_alias=True), sort_keys=True)
+def request_digest(body: BaseModel) -> str:
+    """What an ``Idempotency-Key`` is checked against: a digest of the whole parsed request body."""
+    text = json.dumps(body.model_dump(mode="json", by_alias=True), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -98,7 +107,8 @@ def run_fields(session: Session, request: TrainRequest, memory_budget: int | Non
         "training": request.training.model_dump(mode="json"),
         "total": request.training.iterations,
         "device_request": request.device,
-        "request_sha256": _request_digest(request),
+        "tags": list(request.tags),
+        "request_sha256": request_digest(request),
     }
 
 
@@ -138,16 +148,33 @@ def train(
     dispatcher: DispatcherDep,
     settings: SettingsDep,
     principal: Principal,
-    idempotency_key: Annotated[
-        str | None, Header(max_length=200, description="Scoped to the caller's API key.")
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> RunOut:
     """Queue a training run; poll ``Location`` (``GET /runs/{id}``) for its progress.
 
     The run is recorded before it is published, so it is accepted even while the broker is down: it
     stays ``queued`` and the workers' reconciler publishes it once the broker is back.
     """
+    return submit(session, dispatcher, settings, request, response, principal, idempotency_key)
+
+
+def submit(
+    session: Session,
+    dispatcher: Any,
+    settings: Settings,
+    request: TrainRequest,
+    response: Response,
+    principal: str,
+    idempotency_key: str | None,
+    **extra: Any,
+) -> RunOut:
+    """Validate ``request``, record the queued run and publish it: ``POST /train``'s path, shared
+    with ``POST /runs/{id}/retry``. ``extra``: more row fields (``retry_of``), part of the digest an
+    ``Idempotency-Key`` is checked against. Sets ``Location`` (and ``Idempotent-Replayed``)."""
     fields = run_fields(session, request, settings.train_memory_bytes)
+    if extra:
+        seed = json.dumps([fields["request_sha256"], extra], sort_keys=True)
+        fields |= extra | {"request_sha256": hashlib.sha256(seed.encode()).hexdigest()}
     try:
         scoped = None if idempotency_key is None else scoped_key(principal, idempotency_key)
         row, created = repo.create_run(session, **fields, idempotency_key=scoped)

@@ -44,9 +44,6 @@ export function problemText(result) {
   return `${result.status} ${body.detail || body.title || ""}${fields ? ` (${fields})` : ""}`;
 }
 
-// The endpoints of issue 23a may be missing on an older server.
-export const unsupported = (result) => [404, 405, 422].includes(result.status);
-
 // Images go through fetch so the Authorization header is sent; errors show their problem text.
 export async function loadImage(img, path, onError) {
   try {

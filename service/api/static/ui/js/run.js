@@ -1,5 +1,5 @@
 // One run: live status and progress, its plots, density/sample queries, cancel/retry/tags.
-import { api, el, fmt, loadImage, problemText, progressBar, query, runEvents, TERMINAL, unsupported } from "./api.js";
+import { api, el, fmt, loadImage, problemText, progressBar, query, runEvents, TERMINAL } from "./api.js";
 import { flash, onLeave } from "./app.js";
 import { scatter } from "./scatter.js";
 
@@ -15,7 +15,10 @@ function plotFigure(runId, kind) {
   const img = el("img", { id: `plot-${kind}`, alt: `${kind} plot` });
   const caption = el("figcaption", {}, kind);
   const figure = el("figure", {}, img, caption);
-  figure.refresh = async () => {
+  // Figures of the model exist once the run succeeded; the loss curve once it ran an iteration.
+  figure.refresh = async (status, iteration) => {
+    if (kind !== "loss" && status !== "succeeded") return (caption.textContent = `${kind}: once the run has succeeded`);
+    if (kind === "loss" && !iteration) return (caption.textContent = "loss: no iterations yet");
     const ok = await loadImage(img, `/runs/${runId}/plots/${kind}.png`, (msg) => (caption.textContent = `${kind}: ${msg}`));
     if (ok) caption.textContent = kind;
   };
@@ -49,7 +52,11 @@ function queryForms(run, out) {
   return el("div", { class: "grid2" }, density, sample);
 }
 
-function actions(run, note) {
+function tagLinks(tags) {
+  return (tags || []).map((t) => el("a", { class: "tag", href: `#/runs${query({ tag: t })}` }, t));
+}
+
+function actions(run, note, shownTags) {
   const bar = el("div", { class: "row" });
   if (!TERMINAL.includes(run.status)) {
     bar.append(el("button", { type: "button", class: "secondary", onclick: async () => {
@@ -60,17 +67,19 @@ function actions(run, note) {
   if (["failed", "canceled"].includes(run.status)) {
     bar.append(el("button", { type: "button", id: "retry-button", onclick: async () => {
       const result = await api("POST", `/runs/${run.id}/retry`);
-      if (result.ok) { flash(`Retry started as run ${result.body.id}.`, true); location.hash = `#/runs/${result.body.id}`; }
-      else note.replaceChildren(el("div", { class: "problem" },
-        unsupported(result) && result.status !== 422 ? "This server cannot retry runs yet." : problemText(result)));
+      if (!result.ok) return note.replaceChildren(el("div", { class: "problem" }, problemText(result)));
+      flash(`Retry started as run ${result.body.id}.`, true);
+      location.hash = `#/runs/${result.body.id}`;
     } }, "Retry"));
   }
   const tags = el("input", { id: "tags-input", value: (run.tags || []).join(", "), placeholder: "tag, tag" });
-  bar.append(el("label", {}, "Tags", tags), el("button", { type: "button", class: "secondary", onclick: async () => {
+  bar.append(el("label", {}, "Tags", tags), el("button", { type: "button", class: "secondary", id: "tags-save", onclick: async () => {
     const list = tags.value.split(",").map((t) => t.trim()).filter(Boolean);
     const result = await api("PATCH", `/runs/${run.id}`, { tags: list });
-    note.replaceChildren(result.ok ? "Tags saved." : el("div", { class: "problem" },
-      [404, 405].includes(result.status) ? "This server does not support tags yet." : problemText(result)));
+    if (!result.ok) return note.replaceChildren(el("div", { class: "problem" }, problemText(result)));
+    note.replaceChildren("Tags saved.");
+    shownTags.replaceChildren(...tagLinks(result.body.tags));
+    tags.value = result.body.tags.join(", ");
   } }, "Save tags"));
   return bar;
 }
@@ -87,10 +96,14 @@ export async function renderRun(view, runId) {
   const figures = (PLOTS[run.model] || ["loss"]).map((kind) => plotFigure(run.id, kind));
   const note = el("div");
   const out = el("div", { id: "query-output" });
+  const shownTags = el("span", { id: "run-tags" }, tagLinks(run.tags));
+  const retried = run.retry_of ? el("span", { class: "muted", id: "retry-of" }, "retry of ",
+    el("a", { href: `#/runs/${run.retry_of}` }, run.retry_of.slice(0, 8))) : null;
   view.append(
     el("h1", {}, run.name || run.id, " ", el("small", { class: "muted" }, run.id)),
-    el("div", { class: "row" }, status, bar, el("span", { class: "muted" }, `${run.model} on ${run.dataset?.name || run.dataset?.id}`)),
-    error, actions(run, note), note,
+    el("div", { class: "row" }, status, bar, el("span", { class: "muted" }, `${run.model} on ${run.dataset?.name || run.dataset?.id}`),
+      shownTags, retried),
+    error, actions(run, note, shownTags), note,
     el("h2", {}, "Plots"), el("div", { class: "plots" }, figures),
     el("h2", {}, "Query"), queryForms(run, out), out,
     el("div", { class: "grid2" }, el("div", {}, el("h2", {}, "Metrics"), metrics),
@@ -98,20 +111,21 @@ export async function renderRun(view, runId) {
         ...prefixed("model_config", run.model_config) }))),
   );
   const loss = figures.find((f) => f.querySelector("#plot-loss"));
-  const refreshAll = () => figures.forEach((f) => f.refresh());
-  if (TERMINAL.includes(run.status)) return refreshAll();
+  let iteration = run.progress.iteration;
+  const refreshAll = (s) => figures.forEach((f) => f.refresh(s, iteration));
+  if (TERMINAL.includes(run.status)) return refreshAll(run.status);
   let last = 0;
   const source = runEvents(run.id, {
     status: (s) => {
       status.textContent = s.status;
       status.className = `status ${s.status}`;
       error.textContent = s.error ? `${s.error.type}: ${s.error.detail}` : "";
-      if (TERMINAL.includes(s.status)) refreshAll();
+      if (TERMINAL.includes(s.status)) refreshAll(s.status);
     },
-    progress: (p) => bar.update(p, status.textContent),
+    progress: (p) => { iteration = p.iteration; bar.update(p, status.textContent); },
     metrics: (m) => {
       metrics.replaceChildren(table(m.summary));
-      if (loss && m.points.length && Date.now() - last > 3000) { last = Date.now(); loss.refresh(); }
+      if (loss && m.points.length && Date.now() - last > 3000) { last = Date.now(); loss.refresh(status.textContent, iteration); }
     },
   });
   onLeave(() => source.close());

@@ -2,25 +2,18 @@
 import { api, el, fmt, problemText, progressBar, query, runEvents, TERMINAL } from "./api.js";
 import { onLeave } from "./app.js";
 
-const SORTS = ["created_at", "name", "status", "model", "attempt", "started_at", "finished_at",
-  "metrics.test_nll", "metrics.test_nll_tight", "metrics.wall_clock_s", "metrics.train_loss",
-  "metrics.nfe_forward_mean", "solver.rtol", "solver.atol", "training.iterations"];
+const SORTS = ["created_at", "updated_at", "name", "status", "model", "dataset", "wall_s", "iteration",
+  "attempt", "started_at", "finished_at", "metrics.test_nll", "metrics.test_nll_tight",
+  "metrics.wall_clock_s", "metrics.train_loss", "metrics.nfe_forward_mean", "metrics.nfe_backward_mean",
+  "solver.method", "solver.rtol", "solver.atol", "training.iterations", "training.batch_size"];
+// Table columns: [heading, sort key or null]. The server sorts, so the order covers every page.
+const COLUMNS = [["Name", "name"], ["Model", "model"], ["Dataset", "dataset"], ["Status", "status"],
+  ["Progress", "iteration"], ["Test NLL", "metrics.test_nll"], ["Wall clock (s)", "metrics.wall_clock_s"],
+  ["Tags", null], ["Created", "created_at"]];
+// The server's default order: newest first for times, lowest first for everything else.
+const defaultOrder = (sort) => (sort.endsWith("_at") ? "desc" : "asc");
 const MAX_STREAMS = 4; // browsers allow ~6 HTTP/1.1 connections per origin; keep some for fetches
 const STATUSES = ["", "queued", "running", "succeeded", "failed", "canceling", "canceled"];
-
-function pick(obj, path) {
-  return path.split(".").reduce((value, key) => (value == null ? undefined : value[key]), obj);
-}
-
-function localSort(items, sort, order) {
-  const sign = order === "desc" ? -1 : 1;
-  return [...items].sort((a, b) => {
-    const x = pick(a, sort), y = pick(b, sort);
-    if (x == null) return y == null ? 0 : 1;
-    if (y == null) return -1;
-    return (x < y ? -1 : x > y ? 1 : 0) * sign;
-  });
-}
 
 function field(label, input) {
   return el("label", {}, label, input);
@@ -55,8 +48,18 @@ export function renderRuns(view, params) {
   const note = el("div");
   const body = el("tbody");
   const more = el("button", { type: "button", class: "secondary", hidden: true }, "More");
-  const head = el("tr", {}, el("th", {}, ""), ["Name", "Model", "Dataset", "Status", "Progress", "Test NLL",
-    "Wall clock (s)", "Tags", "Created"].map((h) => el("th", {}, h)));
+  const sort = state.sort || "created_at";
+  const order = state.order || defaultOrder(sort);
+  const heading = ([label, key]) => {
+    if (!key) return el("th", {}, label);
+    const active = key === sort;
+    const next = active ? (order === "asc" ? "desc" : "asc") : defaultOrder(key);
+    const params = { ...state, sort: key, order: next };
+    return el("th", { "data-sort": key, "aria-sort": active ? (order === "asc" ? "ascending" : "descending") : "none" },
+      el("a", { href: `#/runs${query(params)}`, class: "sort", title: `sort by ${key}` },
+        label, active ? (order === "asc" ? " ▲" : " ▼") : ""));
+  };
+  const head = el("tr", {}, el("th", {}, ""), COLUMNS.map(heading));
   view.append(el("h1", {}, "Runs"), form, el("div", { class: "row" }, compare), note,
     el("table", { id: "runs-table" }, el("thead", {}, head), body), more);
 
@@ -81,7 +84,7 @@ export function renderRuns(view, params) {
       el("td", {}, el("a", { href: `#/runs/${run.id}` }, run.name || run.id.slice(0, 8))),
       el("td", {}, run.model), el("td", {}, run.dataset?.name || run.dataset?.id || ""),
       el("td", {}, status), el("td", {}, bar), nll, wall,
-      el("td", {}, (run.tags || []).map((t) => el("span", { class: "tag" }, t))),
+      el("td", {}, (run.tags || []).map((t) => el("a", { class: "tag", href: `#/runs${query({ tag: t })}` }, t))),
       el("td", { class: "muted" }, new Date(run.created_at).toLocaleString()));
     const update = (fields) => {
       if (fields.status) { status.textContent = fields.status; status.className = `status ${fields.status}`; }
@@ -115,20 +118,9 @@ export function renderRuns(view, params) {
     const result = await api("GET", path);
     if (!result.ok) {
       note.replaceChildren(el("div", { class: "problem" }, `Could not list runs: ${problemText(result)}`));
-      if (result.status === 422 && (state.sort || state.tag || state.name) && !append) {
-        note.append(el("div", { class: "note" }, "Showing the list without sort/name/tag instead."));
-        return load(`/runs${query({ status: state.status, model: state.model, dataset: state.dataset })}`, false);
-      }
       return;
     }
-    let items = result.body.items;
-    const old = items.length > 0 && !("tags" in items[0]);
-    if (old && (state.sort || state.name || state.tag)) {
-      note.replaceChildren(el("div", { class: "note" },
-        "This server does not sort or filter by name/tag yet: sorted and filtered on this page only."));
-      if (state.name) items = items.filter((r) => (r.name || "").toLowerCase().includes(state.name.toLowerCase()));
-      if (state.sort) items = localSort(items, state.sort, state.order || (state.sort === "created_at" ? "desc" : "asc"));
-    }
+    const items = result.body.items;
     if (!append) body.replaceChildren();
     body.append(...items.map(row));
     if (!items.length && !append) body.append(el("tr", {}, el("td", { colspan: 10, class: "muted" }, "No runs.")));

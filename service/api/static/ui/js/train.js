@@ -39,12 +39,7 @@ export async function renderTrain(view) {
     if (f.model === "ffjord" && f.hidden_dims) body.model_config = { hidden_dims: f.hidden_dims.split(",").map(Number) };
     const tags = f.tags.split(",").map((t) => t.trim()).filter(Boolean);
     if (tags.length) body.tags = tags;
-    let result = await api("POST", "/train", body);
-    if (result.status === 422 && tags.length && JSON.stringify(result.body).includes("tags")) {
-      delete body.tags; // an older server: start the run without tags and say so
-      result = await api("POST", "/train", body);
-      if (result.ok) note.replaceChildren(el("div", { class: "note" }, "This server does not take tags yet; started without them."));
-    }
+    const result = await api("POST", "/train", body);
     if (!result.ok) return note.replaceChildren(el("div", { class: "problem" }, problemText(result)));
     const run = result.body;
     flash(["Run ", el("a", { href: `#/runs/${run.id}`, id: "new-run-link" }, run.name || run.id), " queued."], true);
