@@ -11,6 +11,8 @@
 | ``ODESERVE_GPU_QUEUE`` | ``training-gpu`` | Celery queue of ``device: cuda`` runs (GPU workers only) |
 | ``ODESERVE_PROGRESS_EVERY`` | ``5`` | Write progress + per-iteration metrics every N iterations |
 | ``ODESERVE_CHECKPOINT_EVERY`` | ``100`` | Resumable checkpoint every N iterations (0: only at the end) |
+| ``ODESERVE_TIGHT_EVAL_POINTS`` | ``1000`` | FFJORD test points re-scored at 1e-8 (``test_nll_tight``) |
+| ``ODESERVE_TIGHT_EVAL_MAX_S`` | ``120`` | Time budget of that re-score; past it ``test_nll_tight`` is null |
 | ``ODESERVE_CANCEL_POLL_S`` | ``0.5`` | How often a running job checks its cancel flag |
 | ``ODESERVE_MAX_RUN_SECONDS`` | ``21600`` | Soft time limit of an attempt (visibility timeout is above it) |
 | ``ODESERVE_MAX_ATTEMPTS`` | ``3`` | Deliveries of one run before it is failed as ``worker_lost`` |
@@ -104,6 +106,8 @@ class Settings(BaseSettings):
     gpu_queue: str = Field("training-gpu", min_length=1)
     progress_every: int = Field(5, ge=1)
     checkpoint_every: int = Field(100, ge=0)
+    tight_eval_points: int = Field(1000, ge=1, le=200_000)
+    tight_eval_max_s: float = Field(120.0, gt=0)
     cancel_poll_s: float = Field(0.5, gt=0)
     max_run_seconds: int = Field(6 * 3600, ge=1)
     max_attempts: int = Field(3, ge=1)

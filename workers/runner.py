@@ -27,6 +27,7 @@ from service.ml.data import DATASETS, PointData, load_dataset, point_data_from_t
 from service.ml.errors import ConfigError, DataError, OdeServeError, TrainingCanceled, TrainingPaused
 from service.ml.models import stored_model_config
 from service.ml.ode import SolverConfig
+from service.ml.rescore import tight_test_nll
 from service.ml.series import load_series_dataset, series_data_from_list
 from service.ml.training import ProgressEvent, TrainConfig, TrainingData, TrainState, fit, init_model
 from service.storage.models_store import ModelStore
@@ -150,8 +151,10 @@ class Recorder:
     def flush(self, event: ProgressEvent) -> None:
         metrics = {
             "train_loss": event.loss,
-            "nfe_forward": event.nfe_forward,
-            "nfe_backward": event.nfe_backward,
+            "nfe_forward_mean": event.nfe_forward_mean,
+            "nfe_backward_mean": event.nfe_backward_mean,
+            "nfe_forward_last": event.nfe_forward,
+            "nfe_backward_last": event.nfe_backward,
             "wall_clock_s": event.wall_s,
             "iterations_per_s": event.iteration / event.wall_s if event.wall_s > 0 else None,
         }
@@ -197,6 +200,18 @@ class Recorder:
         discard_previous(self.store.run_dir(self.attempt.run_id))  # the new digest is committed
         self.store.retire_checkpoints(self.attempt.run_id, keep=digest)
         self.log.info("checkpoint at iteration %d (%s)", state.iteration, digest[:12])
+
+
+def _tight_metrics(model: Any, data: TrainingData, settings: Settings, rlog: RunLog) -> dict[str, Any]:
+    """``test_nll_tight`` and its companions (``service.ml.rescore``); failures are recorded, not raised."""
+    metrics = tight_test_nll(
+        model, data.test, points=settings.tight_eval_points, max_seconds=settings.tight_eval_max_s
+    )
+    if metrics.get("test_nll_tight_error"):
+        rlog.warning("test_nll_tight is null: %s", metrics["test_nll_tight_error"])
+    elif metrics:
+        rlog.info("tight re-score in %.2fs: %.5f", metrics["test_nll_tight_s"], metrics["test_nll_tight"])
+    return metrics
 
 
 def _resume_state(row: RunRow, store: ModelStore, log: RunLog) -> TrainState | None:
@@ -309,9 +324,10 @@ def _train(
         model_config = stored_model_config(row.model, row.model_config)
         model = init_model(row.model, model_config, data.dim, SolverConfig(**row.solver), config.seed)
         recorder.model = model.to(device)
+        data = _on_device(data, device)
         result = fit(
             model,
-            _on_device(data, device),
+            data,
             config,
             on_progress=recorder.on_progress,
             should_stop=recorder.should_stop,
@@ -324,8 +340,8 @@ def _train(
                 "train_loss": result.final_loss,
                 **_final_train_stats(result.history),
                 **result.metrics,
-                "nfe_forward": result.nfe_forward,
-                "nfe_backward": result.nfe_backward,
+                **_tight_metrics(model, data, settings, rlog),
+                **result.nfe_metrics(),
                 "wall_clock_s": result.wall_s,
                 "iterations_per_s": result.iterations / result.wall_s if result.wall_s > 0 else None,
             }

@@ -20,6 +20,7 @@ from service.ml.data import DATASETS, load_dataset, point_data_from_tensor, poin
 from service.ml.errors import ConfigError, DataError, UnknownNameError
 from service.ml.models import MODELS, DensityModel
 from service.ml.ode import SolverConfig
+from service.ml.rescore import tight_test_nll
 from service.ml.series import SERIES_DATASETS, load_series_dataset, series_data_from_list
 from service.ml.training import ProgressEvent, TrainConfig, fit, init_model
 
@@ -156,10 +157,10 @@ def train(
         result = fit(network, data, config, on_progress=progress)
     metrics = {
         **result.metrics,
+        **tight_test_nll(network, data.test),
         "final_loss": result.final_loss,
         "wall_clock_s": result.wall_s,
-        "nfe_forward": result.nfe_forward,
-        "nfe_backward": result.nfe_backward,
+        **result.nfe_metrics(),
     }
     save_checkpoint(
         out, network, train_config=config, state=result.state, metrics=metrics, extra={"dataset": data.name}

@@ -19,6 +19,7 @@ from service.ml.data import DATASETS, load_dataset
 from service.ml.errors import CheckpointError, ConfigError, DataError, OdeServeError, UnknownNameError
 from service.ml.models import MODELS
 from service.ml.ode import SolverConfig
+from service.ml.rescore import tight_test_nll
 from service.ml.training import TrainConfig, fit, init_model
 from service.plots import (
     density_png,
@@ -151,10 +152,10 @@ def _run_one(request: dict[str, Any], cache: dict[tuple[str, int], Any]) -> tupl
     result = fit(model, data, config)
     metrics = {
         **result.metrics,
+        **tight_test_nll(model, data.test),
         "train_loss": result.final_loss,
         "wall_clock_s": result.wall_s,
-        "nfe_forward": result.nfe_forward,
-        "nfe_backward": result.nfe_backward,
+        **result.nfe_metrics(),
     }
     return {"status": "succeeded", "metrics": metrics}, (model, config, result, key[0])
 

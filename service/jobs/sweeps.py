@@ -40,12 +40,17 @@ MAX_SWEEP_RUNS = 64
 SECTIONS = ("solver", "model_config", "training", "dataset")
 METRIC_COLUMNS = (
     "wall_clock_s",
-    "nfe_forward",
-    "nfe_backward",
+    "nfe_forward_mean",
+    "nfe_backward_mean",
     "train_loss",
     "test_nll",
+    "test_nll_tight",
+    "test_nll_tight_gap",
     "kl_to_truth",
 )
+"""Per-run columns of a sweep table: NFE are means per training iteration; ``test_nll`` is scored at
+the run's own solver, ``test_nll_tight`` at rtol = atol = 1e-8 on the first test points, and
+``test_nll_tight_gap`` is their difference on those same points (``service.ml.rescore``)."""
 _CONFIG_CLASSES: dict[str, type[BaseModel]] = {"solver": SolverConfig, "training": TrainConfig}
 
 

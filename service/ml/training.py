@@ -109,6 +109,9 @@ class ProgressEvent:
     nfe_backward: int
     wall_s: float
     stats: Mapping[str, float] = field(default_factory=dict)
+    # Means over every iteration of the run so far (a resumed run's earlier ones included).
+    nfe_forward_mean: float = 0.0
+    nfe_backward_mean: float = 0.0
 
 
 @dataclass
@@ -126,6 +129,9 @@ class TrainState:
 
 @dataclass
 class FitResult:
+    """``nfe_forward``/``nfe_backward`` are the last iteration's counts; the ``_mean`` ones average
+    every recorded iteration (``history``, which a resumed run carries over from its checkpoint)."""
+
     history: list[dict[str, float]]
     final_loss: float
     metrics: dict[str, float]
@@ -136,6 +142,37 @@ class FitResult:
     state: TrainState
     best_iteration: int = 0
     stopped_early: bool = False
+    nfe_forward_mean: float = 0.0
+    nfe_backward_mean: float = 0.0
+
+    def nfe_metrics(self) -> dict[str, float]:
+        """The run's NFE metrics: ``nfe_{forward,backward}_mean`` and ``nfe_{forward,backward}_last``."""
+        return {
+            "nfe_forward_mean": self.nfe_forward_mean,
+            "nfe_backward_mean": self.nfe_backward_mean,
+            "nfe_forward_last": self.nfe_forward,
+            "nfe_backward_last": self.nfe_backward,
+        }
+
+
+class _NfeSums:
+    """Running NFE totals over a run's history, so means cost O(1) per iteration."""
+
+    def __init__(self, history: list[dict[str, float]]) -> None:
+        self.count = len(history)
+        self.forward = sum(float(h.get("nfe_forward", 0)) for h in history)
+        self.backward = sum(float(h.get("nfe_backward", 0)) for h in history)
+
+    def add(self, forward: int, backward: int) -> None:
+        self.count, self.forward, self.backward = (
+            self.count + 1,
+            self.forward + forward,
+            self.backward + backward,
+        )
+
+    def means(self) -> tuple[float, float]:
+        n = max(1, self.count)
+        return self.forward / n, self.backward / n
 
 
 def init_model(
@@ -252,6 +289,7 @@ def fit(
     else:
         model.prepare(data)
     model.train()
+    sums = _NfeSums(history)
     started = time.perf_counter()
     metrics: dict[str, float] = {}
     iteration, stopped, last_checkpoint = start_iteration, False, start_iteration
@@ -297,7 +335,9 @@ def fit(
             metrics = _evaluate(model, data, config)
             record |= {k: v for k, v in metrics.items()}
         history.append(record)
+        sums.add(nfe_forward, nfe_backward)
         if on_progress is not None:
+            forward_mean, backward_mean = sums.means()
             on_progress(
                 ProgressEvent(
                     iteration=iteration,
@@ -307,6 +347,8 @@ def fit(
                     nfe_backward=nfe_backward,
                     wall_s=wall,
                     stats=stats,
+                    nfe_forward_mean=forward_mean,
+                    nfe_backward_mean=backward_mean,
                 )
             )
         if on_checkpoint is not None and checkpoint_every and iteration % checkpoint_every == 0:
@@ -325,6 +367,7 @@ def fit(
     wall = wall_offset + time.perf_counter() - started
     tail = [h["loss"] for h in history[-10:]]
     last = history[-1] if history else {}
+    forward_mean, backward_mean = sums.means()
     return FitResult(
         history=history,
         final_loss=sum(tail) / len(tail) if tail else float("nan"),
@@ -336,4 +379,6 @@ def fit(
         state=_snapshot(model, optimizer, generator, iteration, history, wall, stopper),
         best_iteration=stopper.best_iteration if stopper is not None else iteration,
         stopped_early=stopped,
+        nfe_forward_mean=forward_mean,
+        nfe_backward_mean=backward_mean,
     )

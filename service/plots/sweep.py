@@ -1,4 +1,5 @@
-"""Sweep chart: wall clock and test NLL against the swept value, one line per other combination."""
+"""Sweep chart: wall clock and test NLL (own solver and tight re-score) against the swept value,
+one line per other combination."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def sweep_png(
     swept_key: str,
     group_keys: Sequence[str] | None = None,
 ) -> bytes:
-    """PNG with two panels: ``wall_clock_s`` and ``test_nll`` against ``rows[i][swept_key]``.
+    """PNG with two panels: ``wall_clock_s``, and ``test_nll`` (solid) with ``test_nll_tight``
+    (dashed, where rows have it) against ``rows[i][swept_key]``.
 
     ``rows`` are flat dicts as built by ``service.jobs.sweeps.comparison_rows``. Rows are grouped by the
     other grid keys (``group_keys``; default: every key of the first row that is neither the swept
@@ -62,6 +64,7 @@ def sweep_png(
         groups.setdefault(name, []).append(row)
     fig, axes = new_figure(8, 3.6, ncols=2)
     panels = (("wall_clock_s", "wall clock (s)"), ("test_nll", "test NLL (nats)"))
+    tight = any(_is_number(row.get("test_nll_tight")) for row in rows)
     for ax, (metric, label) in zip(axes, panels, strict=True):
         for i, (name, members) in enumerate(groups.items()):
             if numeric:
@@ -71,6 +74,9 @@ def sweep_png(
                 xs = [position[_label(r.get(swept_key))] for r in members]
             ys = [_metric(r, metric) for r in members]
             ax.plot(xs, ys, "o-", color=f"C{i % 10}", ms=4, label=name or None)
+            if metric == "test_nll" and tight:
+                ys = [_metric(r, "test_nll_tight") for r in members]
+                ax.plot(xs, ys, "s--", color=f"C{i % 10}", ms=3, alpha=0.8)
         if numeric and _log_x(swept_key, swept):
             ax.set_xscale("log")
         if not numeric:
@@ -81,5 +87,7 @@ def sweep_png(
         axes[0].text(0.5, 0.5, "no runs", ha="center", va="center", transform=axes[0].transAxes)
     if any(group_keys) and len(groups) > 1:
         axes[1].legend(frameon=False, fontsize=7)
+    if tight:
+        axes[1].set_title("solid: own solver; dashed: re-scored at 1e-8", fontsize=8)
     fig.suptitle(f"Sweep over {swept_key}")
     return to_png(fig)

@@ -209,7 +209,19 @@ class RunOut(BaseModel):
     solver: dict[str, Any]
     model_params: dict[str, Any] = Field(alias="model_config")
     training: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] = Field(
+        ...,
+        description=(
+            "Outcome so far (final once succeeded): train_loss, test_nll (at the run's own solver), "
+            "nfe_forward_mean / nfe_backward_mean (NFE per training iteration, mean over every "
+            "iteration, resumed attempts included), nfe_forward_last / nfe_backward_last (the last "
+            "iteration's), wall_clock_s, iterations_per_s; point-density runs (FFJORD) also "
+            "test_nll_tight (the first test points re-scored by dopri5 at rtol = atol = 1e-8, exact "
+            "trace, float64; null with test_nll_tight_error when it failed or ran out of budget), "
+            "test_nll_tight_gap (tight minus own-solver NLL on those points), test_nll_tight_solver, "
+            "test_nll_tight_points, test_nll_tight_s; model-specific keys beside them."
+        ),
+    )
     error: RunError | None
     device: str | None = Field(None, description="Where the last attempt trained (cpu, cuda).")
     device_request: str = Field("auto", description="The device the request asked for.")

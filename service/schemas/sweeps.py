@@ -95,8 +95,11 @@ class SweepOut(SweepSummary):
     runs: list[RunOut]
     table: list[dict[str, Any]] = Field(
         ...,
-        description="Per run: run_id, its grid values, wall_clock_s, nfe_forward, nfe_backward, "
-        "train_loss (final), test_nll, kl_to_truth (null where the true density is unknown), status.",
+        description="Per run: run_id, its grid values, wall_clock_s, nfe_forward_mean, "
+        "nfe_backward_mean (per training iteration, mean over the run), train_loss (final), test_nll "
+        "(own solver), test_nll_tight (re-scored at rtol = atol = 1e-8 on the first test points), "
+        "test_nll_tight_gap (the two on those same points), kl_to_truth (null where the true "
+        "density is unknown), status.",
     )
     plot: str = Field(..., description="Link to the comparison chart (PNG).")
 

@@ -28,7 +28,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_writes_a_loadable_checkpoint_with_metrics(checkpoint: Path) -> None:
     loaded = load_checkpoint(checkpoint, with_state=True)
     assert loaded.model.dim == 2 and loaded.meta["extra"]["dataset"] == "8gaussians"
-    assert math.isfinite(loaded.metrics["test_nll"]) and loaded.metrics["nfe_forward"] > 0
+    assert math.isfinite(loaded.metrics["test_nll"]) and loaded.metrics["nfe_forward_mean"] > 0
     assert loaded.state is not None and loaded.state.iteration == 15
 
 

@@ -125,10 +125,12 @@ def _rows() -> list[dict]:
                     "solver.atol": atol,
                     "training.lr": lr,
                     "wall_clock_s": None if failed else 1.0 + math.log10(1 / atol),
-                    "nfe_forward": None if failed else 20,
-                    "nfe_backward": None,
+                    "nfe_forward_mean": None if failed else 20.5,
+                    "nfe_backward_mean": None,
                     "train_loss": None,
                     "test_nll": None if failed else 2.0 + atol,
+                    "test_nll_tight": None if failed else 2.0 + 2 * atol,
+                    "test_nll_tight_gap": None if failed else atol,
                     "kl_to_truth": None,
                     "status": "failed" if failed else "succeeded",
                 }
@@ -144,6 +146,15 @@ def test_sweep_png_numeric_and_categorical() -> None:
         for m, w in (("dopri5", 3.0), ("rk4", 1.0), ("euler", 0.5))
     ]
     _image(sweep_png(methods, "solver.method"))
+
+
+def test_sweep_png_draws_the_tight_nll() -> None:
+    rows = _rows()
+    assert sweep_png(rows, "solver.atol") == sweep_png(rows, "solver.atol")  # deterministic
+    untight = [{**r, "test_nll_tight": None} for r in rows]
+    assert sweep_png(rows, "solver.atol") != sweep_png(untight, "solver.atol")
+    moved = [{**r, "test_nll_tight": 1.0} for r in rows]
+    assert sweep_png(rows, "solver.atol") != sweep_png(moved, "solver.atol")
 
 
 def test_forecast_png() -> None:

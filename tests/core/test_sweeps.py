@@ -179,19 +179,22 @@ def test_comparison_rows_match_runs() -> None:
             "status": "succeeded",
             "metrics": {
                 "wall_clock_s": 12.5,
-                "nfe_forward": 26,
-                "nfe_backward": 32,
+                "nfe_forward_mean": 26.5,
+                "nfe_backward_mean": 32.0,
+                "nfe_forward_last": 50,
                 "train_loss": 2.9,
                 "test_nll": 2.95,
+                "test_nll_tight": 2.97,
+                "test_nll_tight_gap": 0.03,
                 "kl_to_truth": 0.05,
                 "iterations_per_s": 4.0,
             },
         },
-        {  # a local run: grid values given directly, final_loss instead of train_loss
+        {  # a local run from before NFE means: its last-iteration count is not shown as the mean
             "grid": {"solver.atol": 1e-6, "model_config.hidden_dims": [16]},
             "solver": {"atol": 1.0},
             "status": "succeeded",
-            "metrics": {"final_loss": 2.7, "test_nll": 2.8},
+            "metrics": {"final_loss": 2.7, "test_nll": 2.8, "nfe_forward": 50},
         },
         {"solver": {"atol": 1e-9}, "status": "failed", "metrics": None},
     ]
@@ -201,14 +204,17 @@ def test_comparison_rows_match_runs() -> None:
         "solver.atol": 1e-3,
         "model_config.hidden_dims": [8],
         "wall_clock_s": 12.5,
-        "nfe_forward": 26,
-        "nfe_backward": 32,
+        "nfe_forward_mean": 26.5,
+        "nfe_backward_mean": 32.0,
         "train_loss": 2.9,
         "test_nll": 2.95,
+        "test_nll_tight": 2.97,
+        "test_nll_tight_gap": 0.03,
         "kl_to_truth": 0.05,
         "status": "succeeded",
     }
     assert (rows[1]["solver.atol"], rows[1]["model_config.hidden_dims"]) == (1e-6, [16])
+    assert rows[1]["nfe_forward_mean"] is None and rows[1]["test_nll_tight"] is None
     assert (rows[1]["train_loss"], rows[1]["test_nll"], rows[1]["wall_clock_s"]) == (2.7, 2.8, None)
     assert rows[2]["solver.atol"] == 1e-9 and rows[2]["model_config.hidden_dims"] is None
     assert all(rows[2][c] is None for c in METRIC_COLUMNS) and rows[2]["status"] == "failed"
@@ -219,5 +225,5 @@ def test_markdown_table() -> None:
     lines = markdown_table(rows).splitlines()
     assert len(lines) == 3
     assert lines[0].startswith("| solver.atol | wall_clock_s |")
-    assert lines[2] == "| 0.001 | - | - | - | - | 2 | - | - |"
+    assert lines[2] == "| 0.001 | - | - | - | - | 2 | - | - | - | - |"
     assert markdown_table([]) == "(no runs)"

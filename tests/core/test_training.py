@@ -153,3 +153,28 @@ def test_saving_replaces_previous_checkpoint_atomically(tmp_path) -> None:
     assert load_checkpoint(tmp_path / "ck").metrics == {"step": 2}
     assert discard_previous(tmp_path / "ck") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_nfe_means_cover_every_iteration_across_a_resume() -> None:
+    """Means over the whole history, the resumed part included; the last count is kept apart."""
+    data = GaussianData()
+    solver = SolverConfig(method="rk4", step_size=0.5)
+    checked = {**SMALL, "step_check_interval": 8}  # iterations 8, 16 and 24 also run the check
+    whole = fit(init_model("ffjord", checked, 2, solver, seed=3), data, CONFIG)
+    forward = [h["nfe_forward"] for h in whole.history]
+    assert whole.nfe_forward_mean == pytest.approx(sum(forward) / 24)
+    assert whole.nfe_backward_mean == pytest.approx(sum(h["nfe_backward"] for h in whole.history) / 24)
+    assert whole.nfe_forward == forward[-1] > whole.nfe_forward_mean  # the last step ran the check
+
+    model = init_model("ffjord", checked, 2, solver, seed=3)
+    snapshots: list[TrainState] = []
+    calls = iter(range(1000))
+    with pytest.raises(TrainingCanceled):
+        fit(model, data, CONFIG, should_stop=lambda: next(calls) >= 14, checkpoint_every=5,
+            on_checkpoint=snapshots.append)  # fmt: skip
+    events: list[ProgressEvent] = []
+    resumed = fit(model, data, CONFIG, resume=snapshots[-1], on_progress=events.append)
+    assert [e.iteration for e in events] == list(range(11, 25))
+    assert resumed.nfe_metrics() == whole.nfe_metrics()
+    assert events[-1].nfe_forward_mean == resumed.nfe_forward_mean
+    assert events[0].nfe_forward_mean == pytest.approx(sum(forward[:11]) / 11)

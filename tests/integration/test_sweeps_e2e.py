@@ -45,7 +45,14 @@ def test_tolerance_sweep_runs_on_the_worker(client, worker):
     assert [row["run_id"] for row in sweep["table"]] == [r["id"] for r in sweep["runs"]]
     for row, run in zip(sweep["table"], sweep["runs"], strict=True):
         assert row["solver.atol"] == run["solver"]["atol"] == run["sweep_values"]["solver.atol"]
-        for key in ("wall_clock_s", "nfe_forward", "nfe_backward", "train_loss", "test_nll"):
+        for key in (
+            "wall_clock_s",
+            "nfe_forward_mean",
+            "nfe_backward_mean",
+            "train_loss",
+            "test_nll",
+            "test_nll_tight",
+        ):
             assert row[key] == run["metrics"][key] and math.isfinite(row[key]), key
         assert row["kl_to_truth"] == pytest.approx(row["test_nll"])  # beta_1 is uniform: entropy 0
     listed = client.get("/runs", params={"sweep_id": sweep["id"]}).json()["items"]

@@ -32,7 +32,15 @@ def test_train_then_serve_density_and_samples(client, wait_for):
     assert done["status"] == "succeeded", done
     assert done["progress"] == {"iteration": 30, "total": 30, "fraction": 1.0, "eta_s": 0.0}
     assert done["attempt"] == 1 and done["device"] in ("cpu", "cuda")
-    for key in ("train_loss", "test_nll", "nfe_forward", "nfe_backward", "wall_clock_s", "iterations_per_s"):
+    for key in (
+        "train_loss",
+        "test_nll",
+        "nfe_forward_mean",
+        "nfe_backward_mean",
+        "test_nll_tight",
+        "wall_clock_s",
+        "iterations_per_s",
+    ):
         assert math.isfinite(done["metrics"][key]), key
     history = client.get(f"/runs/{run['id']}/metrics").json()
     assert [h["iteration"] for h in history] == list(range(1, 31))

@@ -20,7 +20,16 @@ BASE: dict[str, Any] = {
 }
 ATOLS = [1e-2, 1e-4]
 NORMAL_1D_ENTROPY = 0.5 * math.log(2 * math.pi * math.e * 0.7**2)
-METRICS = ("wall_clock_s", "nfe_forward", "nfe_backward", "train_loss", "test_nll", "kl_to_truth")
+METRICS = (
+    "wall_clock_s",
+    "nfe_forward_mean",
+    "nfe_backward_mean",
+    "train_loss",
+    "test_nll",
+    "test_nll_tight",
+    "test_nll_tight_gap",
+    "kl_to_truth",
+)
 
 
 def _sweep(client, grid, **extra) -> Any:
@@ -53,8 +62,10 @@ def test_sweep_creates_runs_that_train_and_tabulate(client, queue):
         assert row["solver.atol"] == run["solver"]["atol"] and row["status"] == "succeeded"
         for key in METRICS:
             assert math.isfinite(row[key]), key
-        assert row["test_nll"] == run["metrics"]["test_nll"]
-        assert row["train_loss"] == run["metrics"]["train_loss"]
+        for key in ("test_nll", "test_nll_tight", "nfe_forward_mean", "nfe_backward_mean", "train_loss"):
+            assert row[key] == run["metrics"][key], key
+        history = client.get(f"/runs/{run['id']}/metrics").json()
+        assert row["nfe_forward_mean"] == pytest.approx(sum(h["nfe_forward"] for h in history) / 4)
         assert row["kl_to_truth"] == pytest.approx(row["test_nll"] - NORMAL_1D_ENTROPY)
 
     summaries = client.get("/sweeps").json()["items"]

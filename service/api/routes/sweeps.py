@@ -223,6 +223,7 @@ def cancel_sweep(sweep_id: uuid.UUID, session: SessionDep, _: RequireWriteKey) -
 def sweep_plot(sweep_id: uuid.UUID, session: SessionDep, store: StoreDep) -> Response:
     """Wall clock and test NLL against the first grid path, one line per other combination.
 
+    The NLL panel draws ``test_nll`` (own solver) solid and ``test_nll_tight`` (1e-8) dashed.
     Drawn from the runs finished so far (unfinished runs leave gaps); cached once every run is done.
     """
     row = _sweep_or_404(session, sweep_id)
