@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EMA"]
+__all__ = ["EMA", "averaged"]
 
 
 class EMA:
@@ -77,3 +77,13 @@ class EMA:
         self.updates = int(state["updates"])
         for name, value in state["shadow"].items():
             self.shadow[name] = value.detach().clone().to(self.shadow[name])
+
+
+@contextmanager
+def averaged(ema: EMA | None, model: nn.Module) -> Iterator[None]:
+    """``ema.applied(model)``, or nothing to do without an average."""
+    if ema is None:
+        yield
+        return
+    with ema.applied(model):
+        yield

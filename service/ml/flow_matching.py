@@ -25,16 +25,24 @@ uniform empirical measures of equal size), on blocks of ``OT_BLOCK`` rows to bou
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 
 from service.ml.divergence import standard_normal
 from service.ml.errors import ConfigError
-from service.ml.models.base import LossOutput
+from service.ml.models.base import DensityModel, LossOutput
 
-__all__ = ["COUPLINGS", "Coupling", "FlowMatchingModel", "flow_matching_loss", "ot_permutation"]
+__all__ = [
+    "COUPLINGS",
+    "Coupling",
+    "FlowMatchingModel",
+    "flow_matching_loss",
+    "objective_loss",
+    "ot_permutation",
+]
 
 Coupling = Literal["independent", "ot"]
 COUPLINGS: tuple[str, ...] = ("independent", "ot")
@@ -106,3 +114,30 @@ def flow_matching_loss(
     loss = residual.square().mean()
     stats = {"fm_loss": float(loss.detach()), "end_time": float(end)}
     return LossOutput(loss=loss, stats=stats)
+
+
+def objective_loss(
+    model: DensityModel, objective: str, coupling: Coupling | None = None
+) -> Callable[[Any, torch.Generator, int], LossOutput]:
+    """The per-step loss ``(batch, generator, iteration) -> LossOutput`` of a training objective.
+
+    Raises:
+        ConfigError: ``model`` does not list ``objective`` in its ``objectives``.
+    """
+    if objective not in model.objectives:
+        raise ConfigError(
+            f"model {model.name} cannot train with objective {objective!r}",
+            value=objective,
+            fix=f"use training.objective one of: {', '.join(model.objectives)}",
+            field="training.objective",
+        )
+    if objective == "likelihood":
+        return model.training_loss
+    pairing: Coupling = coupling or "independent"
+
+    def loss(batch: Tensor, generator: torch.Generator, iteration: int) -> LossOutput:
+        model.nfe.reset()
+        model.nfe.forward = model.nfe.backward = 1  # one net evaluation, differentiated once
+        return flow_matching_loss(model, batch, generator, pairing)  # type: ignore[arg-type]
+
+    return loss

@@ -22,22 +22,21 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.ml.early_stopping import EarlyStopping, auto_val_interval
-from service.ml.ema import EMA
-from service.ml.errors import ConfigError, SolverError, TrainingCanceled
-from service.ml.flow_matching import flow_matching_loss
-from service.ml.models import DensityModel, LossOutput, build_model
+from service.ml.early_stopping import EarlyStopping, auto_val_interval, cosine_lr
+from service.ml.ema import EMA, averaged
+from service.ml.errors import SolverError, TrainingCanceled
+from service.ml.flow_matching import objective_loss
+from service.ml.models import DensityModel, build_model
 from service.ml.ode import SolverConfig, solver_errors
 
 __all__ = [
@@ -262,44 +261,6 @@ def _with_validation(model: DensityModel, data: TrainingData, config: TrainConfi
     return split(config.val_fraction, config.seed)
 
 
-def _objective(model: DensityModel, config: TrainConfig) -> Callable[..., LossOutput]:
-    """The per-step loss ``(batch, generator, iteration) -> LossOutput`` of ``config.objective``."""
-    if config.objective not in model.objectives:
-        raise ConfigError(
-            f"model {model.name} cannot train with objective {config.objective!r}",
-            value=config.objective,
-            fix=f"use training.objective one of: {', '.join(model.objectives)}",
-            field="training.objective",
-        )
-    if config.objective == "likelihood":
-        return model.training_loss
-    coupling = config.coupling or "independent"
-
-    def loss(batch: Any, generator: torch.Generator, iteration: int) -> LossOutput:
-        model.nfe.reset()
-        model.nfe.forward = model.nfe.backward = 1  # one net evaluation, differentiated once
-        return flow_matching_loss(model, batch, generator, coupling)  # type: ignore[arg-type]
-
-    return loss
-
-
-def _cosine_lr(config: TrainConfig, iteration: int) -> float:
-    """``lr`` annealed from ``config.lr`` (step 1) to ``config.lr / 100`` (last step)."""
-    progress = (iteration - 1) / max(1, config.iterations - 1)
-    floor = config.lr / 100
-    return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))
-
-
-@contextlib.contextmanager
-def _averaged(ema: EMA | None, model: DensityModel) -> Iterator[None]:
-    """The EMA weights in ``model`` within the block (nothing to do without an average)."""
-    if ema is None:
-        yield
-        return
-    with ema.applied(model):
-        yield
-
-
 def _validate(model: DensityModel, data: TrainingData) -> dict[str, float]:
     was_training = model.training
     model.eval()
@@ -345,7 +306,7 @@ def fit(
         SolverError: the ODE solver failed or the loss became non-finite.
     """
     data = _with_validation(model, data, config)
-    step_loss = _objective(model, config)
+    step_loss = objective_loss(model, config.objective, config.coupling)
     optimizer = _optimizer(model, config)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     held_out = getattr(data, "val", None)
@@ -381,7 +342,7 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         if config.lr_schedule == "cosine":
             for group in optimizer.param_groups:
-                group["lr"] = _cosine_lr(config, iteration)
+                group["lr"] = cosine_lr(config.lr, iteration, config.iterations)
         out = step_loss(data.batch(config.batch_size, generator), generator, iteration)
         loss_value = float(out.loss.detach())
         if not math.isfinite(loss_value):
@@ -402,7 +363,7 @@ def fit(
         out_of_time = config.max_seconds is not None and wall >= config.max_seconds
         last = iteration == config.iterations or out_of_time
         if stopper is not None and (iteration % val_interval == 0 or last):
-            with _averaged(ema, model):  # the best state kept is then the average's
+            with averaged(ema, model):  # the best state kept is then the average's
                 stats |= {"lr": optimizer.param_groups[0]["lr"], **_validate(model, data)}
                 schedule = optimizer if config.lr_schedule == "plateau" else None
                 stopped = stopper.update(stats["val_score"], iteration, model, schedule, stats)
@@ -416,7 +377,7 @@ def fit(
             **{k: v for k, v in stats.items() if k not in ("loss",)},
         }
         if config.eval_interval and iteration % config.eval_interval == 0:
-            with _averaged(ema, model):
+            with averaged(ema, model):
                 metrics = _evaluate(model, data, config)
             record |= {k: v for k, v in metrics.items()}
         history.append(record)
@@ -434,7 +395,7 @@ def fit(
             )
         if on_checkpoint is not None and checkpoint_every and iteration % checkpoint_every == 0:
             state = _snapshot(model, optimizer, generator, iteration, history, wall, stopper, ema)
-            with _averaged(ema, model):  # the callback saves the served (averaged) weights
+            with averaged(ema, model):  # the callback saves the served (averaged) weights
                 on_checkpoint(state)
         if stopped:
             break
