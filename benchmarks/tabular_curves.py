@@ -12,12 +12,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
 from benchmarks.report import RESULTS
 from service.plots.canvas import new_figure, to_png
 from service.storage.models_store import atomic_write
 
 __all__ = ["IMAGE", "tabular_png", "write_tabular_curves"]
 
+TIME_TICKS = (1, 2, 4, 8, 15, 30, 60, 120, 240)
 IMAGE = Path(__file__).resolve().parent.parent / "docs" / "img" / "bench_tabular.png"
 
 
@@ -44,6 +47,9 @@ def tabular_png(results: dict[str, Any], scaling: dict[str, Any] | None) -> byte
             low = min(finals)
             ax.set_ylim(low - 0.15, low + 1.2)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(TIME_TICKS))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training wall time (s, log scale)")
         ax.set_ylabel("test NLL (nats / dim)")
         ax.set_title(table)
@@ -51,11 +57,14 @@ def tabular_png(results: dict[str, Any], scaling: dict[str, Any] | None) -> byte
         ax.legend(fontsize=7, loc="best")
     if scaling:
         ax = axes[0][-1]
-        for key, label in scaling["series"].items():
+        from benchmarks.bench_scaling import SERIES
+
+        for key, label in SERIES.items():
             points = [(row["dim"], row[key]) for row in scaling["rows"] if row.get(key) is not None]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_yscale("log")
         ax.set_xlabel("dimension D")
         ax.set_ylabel("ms")

@@ -111,8 +111,8 @@ class TrainConfig(BaseModel):
     coupling: Literal["independent", "ot"] | None = Field(
         None,
         description=(
-            "flow_matching only: how base draws pair with data in a batch. independent (the "
-            "default) or ot: exact minibatch optimal transport (straighter paths)."
+            "flow_matching only: how base draws pair with data in a batch. ot (null: the "
+            "default): exact minibatch optimal transport, straighter paths; independent: as drawn."
         ),
     )
     ema_decay: float | None = Field(
