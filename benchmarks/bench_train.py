@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.report import write_results
+from benchmarks.report import RESULTS, write_results
 from benchmarks.train_curves import write_curves
 from service.ml.errors import TrainingCanceled
 from service.ml.ode import SolverConfig
@@ -240,36 +241,58 @@ def headline(candidate: Run, reference: Run, entropy: float) -> dict[str, Any]:
     }
 
 
+def stored_reference(dataset: str) -> Run:
+    """The reference run recorded in ``results/bench_train.json`` (run J), for ``--budget`` runs."""
+    saved = json.loads((RESULTS / "bench_train.json").read_text())["results"][dataset]["runs"]["reference"]
+    run = Run("reference", iterations=saved["iterations"], train_s=saved["train_s"], curve=saved["curve"])
+    run.nfe_forward = round(saved["nfe_forward_per_iter"] * saved["iterations"])
+    run.nfe_backward = round(saved["nfe_backward_per_iter"] * saved["iterations"])
+    return run
+
+
 def bench_dataset(
-    dataset: str, names: list[str], r_iters: int, eval_points: int, seed: int, threads: int
+    dataset: str,
+    names: list[str],
+    r_iters: int,
+    eval_points: int,
+    seed: int,
+    threads: int,
+    budget: float | None = None,
 ) -> tuple[dict[str, Any], list[list[Any]]]:
-    """Reference then each candidate on one dataset; returns its results entry and table rows."""
+    """Reference then each candidate on one dataset; returns its results entry and table rows.
+
+    With ``budget`` the reference is not rerun: its recorded run (``stored_reference``) sets the
+    target, and candidates train for ``budget`` seconds (at most the reference's time)."""
     torch.set_num_threads(threads)
     from service.ml.data import load_dataset
 
     data = load_dataset(dataset, seed=seed)
     test = data.test[:eval_points]
     entropy = float(data.entropy) if getattr(data, "entropy", None) is not None else float("nan")
-    print(f"{dataset}: reference for {r_iters} iterations", flush=True)
-    reference = train(
-        "reference",
-        data,
-        test,
-        max_iterations=r_iters,
-        max_train_s=None,
-        eval_every_iters=max(1, r_iters // 10),
-        seed=seed,
-    )
+    if budget is not None:
+        reference = stored_reference(dataset)
+    else:
+        print(f"{dataset}: reference for {r_iters} iterations", flush=True)
+        reference = train(
+            "reference",
+            data,
+            test,
+            max_iterations=r_iters,
+            max_train_s=None,
+            eval_every_iters=max(1, r_iters // 10),
+            seed=seed,
+        )
     runs = {"reference": reference}
+    seconds = reference.train_s if budget is None else min(budget, reference.train_s)
     for name in names[1:]:
-        print(f"{dataset}: {name} for {reference.train_s:.0f}s", flush=True)
+        print(f"{dataset}: {name} for {seconds:.0f}s", flush=True)
         runs[name] = train(
             name,
             data,
             test,
             max_iterations=None,
-            max_train_s=reference.train_s,
-            eval_at_s=eval_times(reference.train_s),
+            max_train_s=seconds,
+            eval_at_s=eval_times(seconds),
             seed=seed,
         )
     entry: dict[str, Any] = {"entropy": entropy, "reference_iterations": r_iters, "runs": {}}
@@ -308,6 +331,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per dataset process")
     parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="train candidates this many seconds against the recorded reference (results/bench_train.json)",
+    )
+    parser.add_argument(
         "--name", default="bench_train", help="results file stem (the picture: only the default)"
     )
     args = parser.parse_args(argv)
@@ -316,7 +345,9 @@ def main(argv: list[str] | None = None) -> None:
     names = args.presets or (QUICK_PRESETS if args.quick else FULL_PRESETS)
     names = ["reference"] + [n for n in names if n != "reference"]
     # One process per dataset, side by side: each compares its presets under the same load.
-    jobs = [(d, names, r_iters, args.eval_points, args.seed, args.threads) for d in args.datasets]
+    jobs = [
+        (d, names, r_iters, args.eval_points, args.seed, args.threads, args.budget) for d in args.datasets
+    ]
     with ProcessPoolExecutor(max_workers=len(jobs), mp_context=get_context("spawn")) as pool:
         outcomes = list(pool.map(bench_dataset, *zip(*jobs, strict=True)))
     results = {d: entry for d, (entry, _) in zip(args.datasets, outcomes, strict=True)}
@@ -334,7 +365,12 @@ def main(argv: list[str] | None = None) -> None:
         "NFE/iter ratio",
     ]
     notes = [
-        f"Reference trains R={r_iters} iterations; candidates train for the reference's training wall time.",
+        (
+            f"Reference trains R={r_iters} iterations; candidates train for the reference's wall time."
+            if args.budget is None
+            else "Reference: the recorded run of results/bench_train.json (not rerun); candidates train "
+            f"{args.budget:g} s (at most the reference's time); 'KL' is at the end of that budget."
+        ),
         "Test NLL on the first "
         f"{args.eval_points} test points, exact trace, dopri5 rtol=atol=1e-5 for every model; "
         "evaluation time excluded from training time.",
