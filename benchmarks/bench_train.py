@@ -59,6 +59,7 @@ UNCAPPED = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T unbounded b256 lr3e-3"
 WIDE = "3x128 exact rk4-h0.5 RNODE-0.01 step-check T<=2 b256 lr3e-3"
 FM = "flow matching: 2x64, OT coupling, EMA 0.999, b256 lr3e-3 (objective defaults)"
 FM_INDEPENDENT = "flow matching: 2x64, independent coupling, EMA 0.999, b256 lr3e-3"
+FM_LR = "flow matching: 2x64, OT coupling, EMA 0.999, b256 lr1e-2"
 _RNODE_OFF = {"kinetic_weight": 0.0, "jacobian_weight": 0.0}
 PRESETS: dict[str, Preset] = {
     "reference": Preset(
@@ -82,6 +83,8 @@ PRESETS: dict[str, Preset] = {
     # training.objective = "flow_matching" and nothing else: one net evaluation per step, no solve.
     FM: Preset({}, None, 256, 3e-3, {"objective": "flow_matching"}),
     FM_INDEPENDENT: Preset({}, None, 256, 3e-3, {"objective": "flow_matching", "coupling": "independent"}),
+    # Flow matching's measured best learning rate on the toys (bench_train_fm).
+    FM_LR: Preset({}, None, 256, 1e-2, {"objective": "flow_matching"}),
     "2x64 exact rk4-h0.5 RNODE-0.01 no-step-check b256 lr3e-3": Preset(
         {"step_check_interval": 0}, SolverConfig(method="rk4", step_size=0.5), 256, 3e-3
     ),
@@ -89,7 +92,7 @@ PRESETS: dict[str, Preset] = {
         {}, SolverConfig(rtol=1e-3, atol=1e-3), 256, 5e-3
     ),
 }
-FULL_PRESETS = ["reference", DEFAULT, WIDE, FM]
+FULL_PRESETS = ["reference", DEFAULT, WIDE, FM, FM_LR]
 QUICK_PRESETS = FULL_PRESETS
 
 
