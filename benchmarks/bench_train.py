@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,13 +28,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.report import write_results
+from benchmarks.report import RESULTS, write_results
 from benchmarks.train_curves import write_curves
 from service.ml.errors import TrainingCanceled
 from service.ml.ode import SolverConfig
-from service.ml.training import ProgressEvent, TrainConfig, fit, init_model
+from service.ml.training import ProgressEvent, TrainConfig, TrainState, fit, init_model
 
 EVAL_SOLVER = SolverConfig(rtol=1e-5, atol=1e-5, max_num_steps=10_000)
+EMA_EVAL_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Preset:
     solver: SolverConfig | None
     batch_size: int
     lr: float
+    training: dict[str, Any] = field(default_factory=dict)  # other TrainConfig fields (objective...)
 
 
 _TRAIN_DEFAULTS = TrainConfig()
@@ -54,6 +57,9 @@ FIXED_T1 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T=1 fixed b256 lr3e-3"
 FIXED_T05 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T=0.5 fixed b256 lr3e-3"
 UNCAPPED = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T unbounded b256 lr3e-3"
 WIDE = "3x128 exact rk4-h0.5 RNODE-0.01 step-check T<=2 b256 lr3e-3"
+FM = "flow matching: 2x64, OT coupling, EMA 0.999, b256 lr3e-3 (objective defaults)"
+FM_INDEPENDENT = "flow matching: 2x64, independent coupling, EMA 0.999, b256 lr3e-3"
+FM_LR = "flow matching: 2x64, OT coupling, EMA 0.999, b256 lr1e-2"
 _RNODE_OFF = {"kinetic_weight": 0.0, "jacobian_weight": 0.0}
 PRESETS: dict[str, Preset] = {
     "reference": Preset(
@@ -74,6 +80,11 @@ PRESETS: dict[str, Preset] = {
     WIDE: Preset({"hidden_dims": (128, 128, 128)}, None, 256, 3e-3),
     # Three rk4 steps at most instead of four.
     CAP15: Preset({"max_integration_time": 1.5}, None, 256, 3e-3),
+    # training.objective = "flow_matching" and nothing else: one net evaluation per step, no solve.
+    FM: Preset({}, None, 256, 3e-3, {"objective": "flow_matching"}),
+    FM_INDEPENDENT: Preset({}, None, 256, 3e-3, {"objective": "flow_matching", "coupling": "independent"}),
+    # Flow matching's measured best learning rate on the toys (bench_train_fm).
+    FM_LR: Preset({}, None, 256, 1e-2, {"objective": "flow_matching"}),
     "2x64 exact rk4-h0.5 RNODE-0.01 no-step-check b256 lr3e-3": Preset(
         {"step_check_interval": 0}, SolverConfig(method="rk4", step_size=0.5), 256, 3e-3
     ),
@@ -81,7 +92,7 @@ PRESETS: dict[str, Preset] = {
         {}, SolverConfig(rtol=1e-3, atol=1e-3), 256, 5e-3
     ),
 }
-FULL_PRESETS = ["reference", DEFAULT, WIDE]
+FULL_PRESETS = ["reference", DEFAULT, WIDE, FM, FM_LR]
 QUICK_PRESETS = FULL_PRESETS
 
 
@@ -147,36 +158,65 @@ def train(
     """
     preset = PRESETS[name]
     model = init_model("ffjord", preset.model, data.train.shape[1], preset.solver, seed)
-    config = TrainConfig(iterations=200_000, batch_size=preset.batch_size, lr=preset.lr, seed=seed)
+    config = TrainConfig(
+        iterations=200_000, batch_size=preset.batch_size, lr=preset.lr, seed=seed, **preset.training
+    )
     run, eval_total, pending = Run(name), 0.0, sorted(eval_at_s or [])
+    # With a weight average the served weights are the average: fit puts it into the model only
+    # around checkpoints, so such runs evaluate in the checkpoint callback (every EMA_EVAL_EVERY
+    # steps; a due evaluation waits for the next one and the run ends after its last).
+    averaged = config.resolved_ema_decay > 0
+    due, finished = False, False
+
+    def evaluate() -> None:
+        nonlocal eval_total
+        start = time.perf_counter()
+        nll = _evaluate(model, test)
+        eval_total += time.perf_counter() - start
+        run.curve.append({"iteration": run.iterations, "train_s": run.train_s, "test_nll": nll})
+        print(f"  {name}: it {run.iterations} t {run.train_s:.1f}s nll {nll:.4f}", flush=True)
+
+    def on_checkpoint(_: TrainState) -> None:
+        nonlocal due, finished
+        if due:
+            evaluate()
+            due, finished = False, budget_spent()
+
+    def budget_spent() -> bool:
+        return (max_iterations is not None and run.iterations >= max_iterations) or (
+            max_train_s is not None and run.train_s >= max_train_s
+        )
 
     def on_progress(event: ProgressEvent) -> None:
-        nonlocal eval_total
+        nonlocal due
         run.iterations = event.iteration
         run.train_s = event.wall_s - eval_total
         run.nfe_forward += event.nfe_forward
         run.nfe_backward += event.nfe_backward
-        done = (max_iterations is not None and run.iterations >= max_iterations) or (
-            max_train_s is not None and run.train_s >= max_train_s
-        )
+        done = budget_spent()
         due_iter = eval_every_iters is not None and run.iterations % eval_every_iters == 0
         due_time = bool(pending) and run.train_s >= pending[0]
         while pending and run.train_s >= pending[0]:
             pending.pop(0)
         if due_time or due_iter or done:
-            start = time.perf_counter()
-            nll = _evaluate(model, test)
-            eval_total += time.perf_counter() - start
-            run.curve.append({"iteration": run.iterations, "train_s": run.train_s, "test_nll": nll})
-            print(f"  {name}: it {run.iterations} t {run.train_s:.1f}s nll {nll:.4f}", flush=True)
+            if averaged:
+                due = True
+            else:
+                evaluate()
 
     def should_stop() -> bool:
-        if max_iterations is not None and run.iterations >= max_iterations:
-            return True
-        return max_train_s is not None and run.train_s >= max_train_s
+        return finished if averaged else budget_spent()
 
     with contextlib.suppress(TrainingCanceled):  # how should_stop ends a run
-        fit(model, data, config, on_progress=on_progress, should_stop=should_stop)
+        fit(
+            model,
+            data,
+            config,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            checkpoint_every=EMA_EVAL_EVERY if averaged else 0,
+            on_checkpoint=on_checkpoint if averaged else None,
+        )
     return run
 
 
@@ -204,36 +244,58 @@ def headline(candidate: Run, reference: Run, entropy: float) -> dict[str, Any]:
     }
 
 
+def stored_reference(dataset: str) -> Run:
+    """The reference run recorded in ``results/bench_train.json`` (run J), for ``--budget`` runs."""
+    saved = json.loads((RESULTS / "bench_train.json").read_text())["results"][dataset]["runs"]["reference"]
+    run = Run("reference", iterations=saved["iterations"], train_s=saved["train_s"], curve=saved["curve"])
+    run.nfe_forward = round(saved["nfe_forward_per_iter"] * saved["iterations"])
+    run.nfe_backward = round(saved["nfe_backward_per_iter"] * saved["iterations"])
+    return run
+
+
 def bench_dataset(
-    dataset: str, names: list[str], r_iters: int, eval_points: int, seed: int, threads: int
+    dataset: str,
+    names: list[str],
+    r_iters: int,
+    eval_points: int,
+    seed: int,
+    threads: int,
+    budget: float | None = None,
 ) -> tuple[dict[str, Any], list[list[Any]]]:
-    """Reference then each candidate on one dataset; returns its results entry and table rows."""
+    """Reference then each candidate on one dataset; returns its results entry and table rows.
+
+    With ``budget`` the reference is not rerun: its recorded run (``stored_reference``) sets the
+    target, and candidates train for ``budget`` seconds (at most the reference's time)."""
     torch.set_num_threads(threads)
     from service.ml.data import load_dataset
 
     data = load_dataset(dataset, seed=seed)
     test = data.test[:eval_points]
     entropy = float(data.entropy) if getattr(data, "entropy", None) is not None else float("nan")
-    print(f"{dataset}: reference for {r_iters} iterations", flush=True)
-    reference = train(
-        "reference",
-        data,
-        test,
-        max_iterations=r_iters,
-        max_train_s=None,
-        eval_every_iters=max(1, r_iters // 10),
-        seed=seed,
-    )
+    if budget is not None:
+        reference = stored_reference(dataset)
+    else:
+        print(f"{dataset}: reference for {r_iters} iterations", flush=True)
+        reference = train(
+            "reference",
+            data,
+            test,
+            max_iterations=r_iters,
+            max_train_s=None,
+            eval_every_iters=max(1, r_iters // 10),
+            seed=seed,
+        )
     runs = {"reference": reference}
+    seconds = reference.train_s if budget is None else min(budget, reference.train_s)
     for name in names[1:]:
-        print(f"{dataset}: {name} for {reference.train_s:.0f}s", flush=True)
+        print(f"{dataset}: {name} for {seconds:.0f}s", flush=True)
         runs[name] = train(
             name,
             data,
             test,
             max_iterations=None,
-            max_train_s=reference.train_s,
-            eval_at_s=eval_times(reference.train_s),
+            max_train_s=seconds,
+            eval_at_s=eval_times(seconds),
             seed=seed,
         )
     entry: dict[str, Any] = {"entropy": entropy, "reference_iterations": r_iters, "runs": {}}
@@ -271,13 +333,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-points", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per dataset process")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="train candidates this many seconds against the recorded reference (results/bench_train.json)",
+    )
+    parser.add_argument(
+        "--name", default="bench_train", help="results file stem (the picture: only the default)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     r_iters = args.reference_iterations or (150 if args.quick else 1500)
     names = args.presets or (QUICK_PRESETS if args.quick else FULL_PRESETS)
     names = ["reference"] + [n for n in names if n != "reference"]
     # One process per dataset, side by side: each compares its presets under the same load.
-    jobs = [(d, names, r_iters, args.eval_points, args.seed, args.threads) for d in args.datasets]
+    jobs = [
+        (d, names, r_iters, args.eval_points, args.seed, args.threads, args.budget) for d in args.datasets
+    ]
     with ProcessPoolExecutor(max_workers=len(jobs), mp_context=get_context("spawn")) as pool:
         outcomes = list(pool.map(bench_dataset, *zip(*jobs, strict=True)))
     results = {d: entry for d, (entry, _) in zip(args.datasets, outcomes, strict=True)}
@@ -295,7 +368,12 @@ def main(argv: list[str] | None = None) -> None:
         "NFE/iter ratio",
     ]
     notes = [
-        f"Reference trains R={r_iters} iterations; candidates train for the reference's training wall time.",
+        (
+            f"Reference trains R={r_iters} iterations; candidates train for the reference's wall time."
+            if args.budget is None
+            else "Reference: the recorded run of results/bench_train.json (not rerun); candidates train "
+            f"{args.budget:g} s (at most the reference's time); 'KL' is at the end of that budget."
+        ),
         "Test NLL on the first "
         f"{args.eval_points} test points, exact trace, dopri5 rtol=atol=1e-5 for every model; "
         "evaluation time excluded from training time.",
@@ -309,14 +387,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(jobs)} processes with {args.threads} torch thread(s) each on the shared CPU.",
     ]
     write_results(
-        "bench_train",
+        args.name,
         "Training: reference FFJORD toy preset vs candidate presets",
         {"quick": args.quick, "presets": {n: repr(PRESETS[n]) for n in names}, "results": results},
         headers,
         rows,
         notes,
     )
-    if not args.quick:  # the README's picture shows the full run
+    if not args.quick and args.name == "bench_train":  # the README's picture shows the full run
         write_curves(results)
 
 

@@ -95,6 +95,11 @@ def train(
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    objective: Annotated[
+        str | None, typer.Option(help="likelihood (default) | flow_matching (ffjord).")
+    ] = None,
+    coupling: Annotated[str | None, typer.Option(help="flow_matching: ot (default) | independent.")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Time budget in seconds.")] = None,
     method: Annotated[
         str | None, typer.Option(help="Solver method, e.g. dopri5, rk4 (default: the model's).")
     ] = None,
@@ -124,7 +129,15 @@ def train(
     }
     given = {k: v for k, v in solver_args.items() if v is not None}
     solver = SolverConfig(**given) if given else None  # None: the model's default solver
-    train_args = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "seed": seed}
+    train_args = {
+        "iterations": iterations,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "objective": objective,
+        "coupling": coupling,
+        "max_seconds": max_seconds,
+    }
     config = TrainConfig(**{k: v for k, v in train_args.items() if v is not None})
     model_params = _model_config(model, model_config, divergence, hidden_dims)
     data = _load_training_data(dataset, seed)

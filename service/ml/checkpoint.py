@@ -6,7 +6,8 @@ Layout of a checkpoint directory::
     config.json         model name, dim, model/solver/training configs, metrics, extra
     optimizer.pt        optimizer state (optional, for resuming)
     training_state.pt   iteration, RNG state, history, wall clock, early-stopping state (best
-                        score and weights; optional, for resuming)
+                        score and weights), the weight average and, with one, the raw weights
+                        (model.pt then holds the average; optional, for resuming)
     manifest.json       format version and the sha256 of every file; written last
 
 The directory is assembled beside its target, fsynced, and moved into place by rename, so a reader
@@ -115,6 +116,9 @@ def save_checkpoint(
                     "history": state.history,
                     "wall_s": state.wall_s,
                     "early_stopping": state.early_stopping,
+                    # With an EMA, model.pt holds the averaged (served) weights and the optimizer's
+                    # raw weights travel here, so a resumed run continues from them exactly.
+                    **({"ema": state.ema, "train_weights": state.model_state} if state.ema else {}),
                 },
                 staging / "training_state.pt",
             )
@@ -274,14 +278,16 @@ def load_checkpoint(
     state = None
     if with_state and (directory / "training_state.pt").is_file():
         raw = _torch_load(directory / "training_state.pt", "cpu")
+        weights = raw.get("train_weights") or model.state_dict()
         state = TrainState(
             iteration=int(raw["iteration"]),
-            model_state={k: v.clone() for k, v in model.state_dict().items()},
+            model_state={k: v.clone() for k, v in weights.items()},
             optimizer_state=_torch_load(directory / "optimizer.pt", "cpu"),
             generator_state=raw["generator_state"],
             history=list(raw["history"]),
             wall_s=float(raw["wall_s"]),
             early_stopping=raw.get("early_stopping"),
+            ema=raw.get("ema"),
         )
     return LoadedCheckpoint(
         model=model, meta=meta, state=state, metrics=meta.get("metrics", {}), digest=digest

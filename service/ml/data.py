@@ -1,13 +1,16 @@
 """Point datasets: the built-in registry ``DATASETS``, loading, and validation of user points.
 
-Built-ins are the 2-D toys of FFJORD (arXiv:1810.01367; :mod:`service.ml.toy2d`) and 1-D targets
-with exact densities (:mod:`service.ml.mixtures1d`). User data arrives as JSON rows
+Built-ins are the 2-D toys of FFJORD (arXiv:1810.01367; :mod:`service.ml.toy2d`), 1-D targets
+with exact densities (:mod:`service.ml.mixtures1d`) and real tables bundled with scikit-learn
+(``digits``, ``wine``, ``diabetes``; :mod:`service.ml.tabular`), which have one fixed, standardised
+train/test split instead of a sampler. User data arrives as JSON rows
 (:func:`points_from_rows`) or CSV (:func:`points_from_csv`); both validate everything and raise
 :class:`DataError` naming the offending row or line and how to fix it. Parsing never evaluates text.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import re
@@ -18,7 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from service.ml import mixtures1d, toy2d
+from service.ml import mixtures1d, tabular, toy2d
 from service.ml.csv_text import csv_lines, decode_csv
 from service.ml.errors import DataError, UnknownNameError
 
@@ -55,6 +58,7 @@ class DatasetSpec:
     sampler: Callable[[int, torch.Generator], Tensor]  # (n, dim) float32
     true_log_prob: Callable[[Tensor], Tensor] | None = None  # (B, dim) -> (B,)
     entropy: float | None = None  # differential entropy, nats
+    fixed_split: bool = False  # a real table: one fixed train/test split, no sampling (``tabular``)
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,6 +70,7 @@ class PointData:
     test: Tensor
     true_log_prob: Callable[[Tensor], Tensor] | None = None
     entropy: float | None = None
+    val: Tensor | None = None  # validation points split off ``train`` (``with_validation_points``)
 
     @property
     def dim(self) -> int:
@@ -74,6 +79,15 @@ class PointData:
     @property
     def kind(self) -> str:
         return "points"
+
+    def with_validation_points(self, n_val: int, seed: int) -> PointData:
+        """A copy with ``n_val`` training points (at most half of them), chosen by ``seed``, in ``val``."""
+        if self.val is not None or n_val < 1 or self.train.shape[0] < 2:
+            return self
+        n_val = min(n_val, self.train.shape[0] // 2)
+        order = torch.randperm(self.train.shape[0], generator=torch.Generator().manual_seed(seed))
+        order = order.to(self.train.device)
+        return dataclasses.replace(self, train=self.train[order[n_val:]], val=self.train[order[:n_val]])
 
     def batch(self, batch_size: int, generator: torch.Generator) -> Tensor:
         """``(batch_size, D)`` rows of ``train`` drawn uniformly with replacement."""
@@ -87,6 +101,16 @@ class PointData:
 
 def _toy(name: str, description: str, **extra: object) -> DatasetSpec:
     return DatasetSpec(name, "points", 2, description, toy2d.TOY_SAMPLERS[name], **extra)  # type: ignore[arg-type]
+
+
+def _table(name: str) -> DatasetSpec:
+    spec = tabular.TABULAR[name]
+
+    def resample(n: int, generator: torch.Generator) -> Tensor:  # rows of the fixed training split
+        train = tabular.load_tabular(name).train
+        return train[torch.randint(0, train.shape[0], (n,), generator=generator)]
+
+    return DatasetSpec(name, "points", spec.dim, spec.description, resample, fixed_split=True)
 
 
 def _beta(name: str, description: str) -> DatasetSpec:
@@ -128,6 +152,7 @@ DATASETS: dict[str, DatasetSpec] = {
             mixtures1d.normal_1d_log_prob,
             mixtures1d.NORMAL_1D_ENTROPY,
         ),
+        *(_table(name) for name in tabular.TABULAR),
     ]
 }
 """Built-in datasets by name (keys feed API enums and CLI help)."""
@@ -141,7 +166,8 @@ def _generator(seed: int, stream: int) -> torch.Generator:
 def load_dataset(name: str, seed: int = 0, n_train: int = 20_000, n_test: int = 5_000) -> PointData:
     """Sample the built-in dataset ``name``: train ``(n_train, D)``, test ``(n_test, D)``, float32.
 
-    Deterministic in ``seed``; train and test come from independent generator streams.
+    Deterministic in ``seed``; train and test come from independent generator streams. A real table
+    (``fixed_split``) ignores ``seed`` and keeps at most ``n_train``/``n_test`` rows of its split.
     """
     if name not in DATASETS:
         raise UnknownNameError("dataset", name, list(DATASETS))
@@ -155,6 +181,9 @@ def load_dataset(name: str, seed: int = 0, n_train: int = 20_000, n_test: int = 
             f"seed must be >= 0, got {seed}", value=seed, fix="use a non-negative seed", field="seed"
         )
     spec = DATASETS[name]
+    if spec.fixed_split:
+        split = tabular.load_tabular(name, n_train, n_test)
+        return PointData(name, split.train, split.test)
     train = spec.sampler(n_train, _generator(seed, 0))
     test = spec.sampler(n_test, _generator(seed, 1))
     return PointData(name, train, test, spec.true_log_prob, spec.entropy)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MIN_LR_FACTOR", "EarlyStopping", "auto_val_interval"]
+__all__ = ["MIN_LR_FACTOR", "EarlyStopping", "auto_val_interval", "cosine_lr"]
 
 MIN_LR_FACTOR = 1 / 64
 """The plateau schedule never lowers the learning rate below this fraction of its initial value."""
@@ -30,6 +30,16 @@ MIN_IMPROVEMENT = 1e-3
 def auto_val_interval(iterations: int) -> int:
     """Steps between validations when the config leaves it at 0: about 40 per run, 5 to 50 steps."""
     return max(5, min(50, iterations // 40))
+
+
+def cosine_lr(lr: float, iteration: int, iterations: int) -> float:
+    """``lr`` annealed along half a cosine from ``lr`` (step 1) to ``lr / 100`` (step ``iterations``).
+
+    A function of the step alone, so a resumed run gets the same rates (Loshchilov & Hutter,
+    arXiv:1608.03983, without restarts)."""
+    progress = (iteration - 1) / max(1, iterations - 1)
+    floor = lr / 100
+    return floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * progress))
 
 
 @dataclass

@@ -169,8 +169,12 @@ class ODENet(nn.Module):
             last.bias.zero_()
 
     def _run(self, t: Tensor, x: Tensor, with_jacobian: bool) -> tuple[Tensor, Tensor | None]:
-        """``f`` and, if asked, the transposed Jacobian ``(B, D, D)`` (``[b, j, i] = df_i/dx_j``)."""
-        tt = t.reshape(1, 1).to(x)
+        """``f`` and, if asked, the transposed Jacobian ``(B, D, D)`` (``[b, j, i] = df_i/dx_j``).
+
+        ``t`` is a scalar, or one time per point ``(B,)`` (flow matching; ``f`` only, no Jacobian)."""
+        tt = t.reshape(-1, 1).to(x)
+        if with_jacobian and tt.shape[0] != 1:
+            raise ValueError("the Jacobian path takes one shared time; got one per point")
         jac: Tensor | None = IDENTITY if with_jacobian else None
         h = x
         if self.encoding is not None:

@@ -4,7 +4,15 @@ Models that can score held-out data (``DensityModel.validate``, e.g. the latent 
 error) train on a validation split of their data (``TrainConfig.val_fraction``): ``fit`` validates
 every ``val_interval`` steps, halves the learning rate on plateaus, stops after ``patience``
 validations without improvement and ends with the best weights (``service.ml.early_stopping``).
-``iterations`` is then an upper bound. Other models train for exactly ``iterations`` steps.
+``iterations`` is then an upper bound. Other models train for exactly ``iterations`` steps. FFJORD
+validates on request: ``val_points`` held-out training points scored by their exact NLL.
+
+Objectives (``TrainConfig.objective``): ``likelihood`` minimises the model's own loss
+(``DensityModel.training_loss``); ``flow_matching`` regresses a CNF's field onto straight
+noise-to-data paths (``service.ml.flow_matching``), for models that list it in ``objectives``.
+``ema_decay`` keeps an average of the weights (``service.ml.ema``) that is validated, evaluated,
+checkpointed and kept at the end; ``max_seconds`` ends a run early on a time budget (like an early
+stop: evaluated and saved as usual); ``lr_schedule="cosine"`` anneals the rate over ``iterations``.
 
 All randomness of a run (batches, Hutchinson probes, posterior samples) comes from one
 ``torch.Generator`` seeded by ``TrainConfig.seed``; its state is part of ``TrainState``. A run stopped
@@ -22,10 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.ml.early_stopping import EarlyStopping, auto_val_interval
+from service.ml.early_stopping import EarlyStopping, auto_val_interval, cosine_lr
+from service.ml.ema import EMA, averaged
 from service.ml.errors import SolverError, TrainingCanceled, TrainingPaused
+from service.ml.flow_matching import objective_loss
 from service.ml.models import DensityModel, build_model
 from service.ml.ode import SolverConfig, solver_errors
 
@@ -40,6 +50,7 @@ __all__ = [
 ]
 
 EVAL_SEED_OFFSET = 7919  # evaluation draws from its own stream so it never shifts training's
+FLOW_MATCHING_EMA = 0.999  # ema_decay left unset: flow matching's regression targets are noisy
 
 
 class TrainConfig(BaseModel):
@@ -78,16 +89,69 @@ class TrainConfig(BaseModel):
     min_iterations: int = Field(
         300, ge=0, le=200_000, description="No early stop or LR drop before this step."
     )
-    lr_schedule: Literal["plateau", "constant"] = Field(
+    lr_schedule: Literal["plateau", "constant", "cosine"] = Field(
         "plateau",
         description=(
             "plateau: halve lr after lr_patience steps without a better validation score (down "
-            "to lr/64); constant: keep lr. Needs validation; without it lr is constant."
+            "to lr/64; needs validation, without it lr is constant); constant: keep lr; cosine: "
+            "anneal lr to lr/100 over iterations."
         ),
     )
     lr_patience: int = Field(
         100, ge=1, le=200_000, description="Steps without improvement per plateau LR halving."
     )
+    objective: Literal["likelihood", "flow_matching"] = Field(
+        "likelihood",
+        description=(
+            "likelihood: maximise the model's log-likelihood (FFJORD solves the ODE every step); "
+            "flow_matching (FFJORD only): conditional flow matching on straight noise-to-data paths, "
+            "one net evaluation per step and no ODE solve; served the same way."
+        ),
+    )
+    coupling: Literal["independent", "ot"] | None = Field(
+        None,
+        description=(
+            "flow_matching only: how base draws pair with data in a batch. ot (null: the "
+            "default): exact minibatch optimal transport, straighter paths; independent: as drawn."
+        ),
+    )
+    ema_decay: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description=(
+            "Decay of the weight average that is validated, evaluated and served (0: off; "
+            f"null: {FLOW_MATCHING_EMA} for flow_matching, off for likelihood)."
+        ),
+    )
+    max_seconds: float | None = Field(
+        None, gt=0, le=7 * 86_400, description="Time budget: stop after this many training seconds."
+    )
+    val_points: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description=(
+            "Point data: hold out this many training points, score their exact NLL every "
+            "val_interval steps, early-stop and keep the best weights (0: no validation)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _coupling_needs_flow_matching(self) -> TrainConfig:
+        if self.coupling is not None and self.objective != "flow_matching":
+            raise ValueError(
+                f"training.coupling {self.coupling!r} applies only to objective flow_matching: "
+                "set training.objective to flow_matching or drop training.coupling"
+            )
+        return self
+
+    @property
+    def resolved_ema_decay(self) -> float:
+        """The EMA decay in effect (0: no average)."""
+        if self.ema_decay is not None:
+            return self.ema_decay
+        return FLOW_MATCHING_EMA if self.objective == "flow_matching" else 0.0
 
 
 class TrainingData(Protocol):
@@ -125,6 +189,7 @@ class TrainState:
     history: list[dict[str, float]]
     wall_s: float
     early_stopping: dict[str, Any] | None = None
+    ema: dict[str, Any] | None = None  # EMA.state_dict(); model_state then holds the raw weights
 
 
 @dataclass
@@ -201,6 +266,7 @@ def _snapshot(
     history: list[dict[str, float]],
     wall_s: float,
     stopper: EarlyStopping | None,
+    ema: EMA | None = None,
 ) -> TrainState:
     return TrainState(
         iteration=iteration,
@@ -210,13 +276,24 @@ def _snapshot(
         history=list(history),
         wall_s=wall_s,
         early_stopping=copy.deepcopy(stopper.state_dict()) if stopper is not None else None,
+        ema=ema.state_dict() if ema is not None else None,
     )
 
 
 def _with_validation(model: DensityModel, data: TrainingData, config: TrainConfig) -> TrainingData:
-    """``data`` with a validation split when the model can score one and the data can split."""
+    """``data`` with a validation split when the model can score one and the data can split.
+
+    Point data split off ``val_points`` points (opt-in), series data ``val_fraction`` of the series.
+    """
+    if not model.can_validate:
+        return data
+    if model.data_kind == "points":
+        split_points = getattr(data, "with_validation_points", None)
+        if config.val_points <= 0 or split_points is None:
+            return data
+        return split_points(config.val_points, config.seed)
     split = getattr(data, "with_validation", None)
-    if config.val_fraction <= 0 or split is None or not model.can_validate:
+    if config.val_fraction <= 0 or split is None:
         return data
     return split(config.val_fraction, config.seed)
 
@@ -267,9 +344,11 @@ def fit(
         SolverError: the ODE solver failed or the loss became non-finite.
     """
     data = _with_validation(model, data, config)
+    step_loss = objective_loss(model, config.objective, config.coupling)
     optimizer = _optimizer(model, config)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    validating = bool(getattr(data, "val", None))
+    held_out = getattr(data, "val", None)
+    validating = held_out is not None and len(held_out) > 0
     stopper = (
         EarlyStopping(config.patience, config.lr_patience, config.min_iterations, config.lr)
         if validating
@@ -288,6 +367,9 @@ def fit(
             stopper.load_state_dict(copy.deepcopy(resume.early_stopping))
     else:
         model.prepare(data)
+    ema = EMA(model, config.resolved_ema_decay) if config.resolved_ema_decay > 0 else None
+    if ema is not None and resume is not None and resume.ema is not None:
+        ema.load_state_dict(resume.ema)
     model.train()
     sums = _NfeSums(history)
     started = time.perf_counter()
@@ -299,12 +381,17 @@ def fit(
         except TrainingPaused:
             if on_checkpoint is not None and iteration - 1 > last_checkpoint:
                 wall = wall_offset + time.perf_counter() - started
-                on_checkpoint(_snapshot(model, optimizer, generator, iteration - 1, history, wall, stopper))
+                state = _snapshot(model, optimizer, generator, iteration - 1, history, wall, stopper, ema)
+                with averaged(ema, model):
+                    on_checkpoint(state)
             raise
         if stop:
             raise TrainingCanceled(f"run canceled before iteration {iteration}", value=iteration)
         optimizer.zero_grad(set_to_none=True)
-        out = model.training_loss(data.batch(config.batch_size, generator), generator, iteration)
+        if config.lr_schedule == "cosine":
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(config.lr, iteration, config.iterations)
+        out = step_loss(data.batch(config.batch_size, generator), generator, iteration)
         loss_value = float(out.loss.detach())
         if not math.isfinite(loss_value):
             raise SolverError(
@@ -316,13 +403,19 @@ def fit(
         with solver_errors(model.solver):
             out.loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update(model)
         nfe_forward, nfe_backward = model.nfe.forward, model.nfe.backward  # before evaluation
         stats = dict(out.stats)
-        if stopper is not None and (iteration % val_interval == 0 or iteration == config.iterations):
-            stats |= {"lr": optimizer.param_groups[0]["lr"], **_validate(model, data)}
-            schedule = optimizer if config.lr_schedule == "plateau" else None
-            stopped = stopper.update(stats["val_score"], iteration, model, schedule, stats)
         wall = wall_offset + time.perf_counter() - started
+        out_of_time = config.max_seconds is not None and wall >= config.max_seconds
+        last = iteration == config.iterations or out_of_time
+        if stopper is not None and (iteration % val_interval == 0 or last):
+            with averaged(ema, model):  # the best state kept is then the average's
+                stats |= {"lr": optimizer.param_groups[0]["lr"], **_validate(model, data)}
+                schedule = optimizer if config.lr_schedule == "plateau" else None
+                stopped = stopper.update(stats["val_score"], iteration, model, schedule, stats)
+        stopped = stopped or out_of_time
         record = {
             "iteration": iteration,
             "wall_s": wall,
@@ -332,7 +425,8 @@ def fit(
             **{k: v for k, v in stats.items() if k not in ("loss",)},
         }
         if config.eval_interval and iteration % config.eval_interval == 0:
-            metrics = _evaluate(model, data, config)
+            with averaged(ema, model):
+                metrics = _evaluate(model, data, config)
             record |= {k: v for k, v in metrics.items()}
         history.append(record)
         sums.add(nfe_forward, nfe_backward)
@@ -352,13 +446,20 @@ def fit(
                 )
             )
         if on_checkpoint is not None and checkpoint_every and iteration % checkpoint_every == 0:
-            on_checkpoint(_snapshot(model, optimizer, generator, iteration, history, wall, stopper))
+            state = _snapshot(model, optimizer, generator, iteration, history, wall, stopper, ema)
+            with averaged(ema, model):  # the callback saves the served (averaged) weights
+                on_checkpoint(state)
             last_checkpoint = iteration
         if stopped:
             break
+    # With an average the final state keeps the raw weights too, so training can go on from it.
+    raw_weights = {k: v.detach().clone() for k, v in model.state_dict().items()} if ema else None
     if stopper is not None and stopper.best_state is not None:
         stopper.restore_best(model)
         metrics = {}  # test metrics of the restored weights, not of the last step
+    elif ema is not None:
+        ema.copy_to(model)
+        metrics = {}
     if not metrics or not history or "test_nll" not in history[-1]:
         metrics = _evaluate(model, data, config)
     if stopper is not None:
@@ -368,6 +469,9 @@ def fit(
     tail = [h["loss"] for h in history[-10:]]
     last = history[-1] if history else {}
     forward_mean, backward_mean = sums.means()
+    state = _snapshot(model, optimizer, generator, iteration, history, wall, stopper, ema)
+    if raw_weights is not None:
+        state.model_state = raw_weights
     return FitResult(
         history=history,
         final_loss=sum(tail) / len(tail) if tail else float("nan"),
@@ -376,7 +480,7 @@ def fit(
         wall_s=wall,
         nfe_forward=int(last.get("nfe_forward", 0)),
         nfe_backward=int(last.get("nfe_backward", 0)),
-        state=_snapshot(model, optimizer, generator, iteration, history, wall, stopper),
+        state=state,
         best_iteration=stopper.best_iteration if stopper is not None else iteration,
         stopped_early=stopped,
         nfe_forward_mean=forward_mean,

@@ -65,10 +65,21 @@ def test_train_on_a_csv_file(tmp_path: Path) -> None:
     assert load_checkpoint(out).model.dim == 1
 
 
+def test_train_a_real_table_by_flow_matching(tmp_path: Path) -> None:
+    out = tmp_path / "ck"
+    args = ["train", "--dataset", "wine", "--out", str(out), "--objective", "flow_matching", *FAST]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    loaded = load_checkpoint(out)
+    assert loaded.model.dim == 13 and loaded.train_config.objective == "flow_matching"
+    assert loaded.train_config.resolved_ema_decay == 0.999
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["train", "--dataset", "nope", "--out", "x"], "unknown dataset 'nope'"),
+        (["train", "--dataset", "wine", "--out", "x", "--coupling", "ot"], "drop training.coupling"),
         (["train", "--dataset", "8gaussians", "--out", "x", "--rtol", "0"], "rtol"),
         (["train", "--dataset", "8gaussians", "--out", "x", "--model", "glow"], "unknown model 'glow'"),
         (["sample", "--checkpoint", "/nonexistent/ck", "-n", "3"], "no checkpoint"),

@@ -26,6 +26,8 @@ torch.set_num_threads(2)
 
 TOYS = ["swissroll", "8gaussians", "pinwheel", "circles", "moons", "2spirals", "checkerboard", "rings"]
 ONE_D = ["beta_1", "beta_2", "beta_3", "beta_4", "normal_1d"]
+TABLES = {"digits": 64, "wine": 13, "diabetes": 11}  # tests/core/test_tabular.py
+SAMPLED = [name for name in DATASETS if name not in TABLES]
 ENTROPY_8GAUSSIANS = 2.833
 
 
@@ -33,16 +35,17 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def test_registry_lists_the_eight_toys_and_the_1d_targets() -> None:
-    assert set(DATASETS) == set(TOYS) | set(ONE_D)
+def test_registry_lists_the_eight_toys_the_1d_targets_and_the_tables() -> None:
+    assert set(DATASETS) == set(TOYS) | set(ONE_D) | set(TABLES)
     for name, spec in DATASETS.items():
         assert spec.name == name and spec.kind == "points"
-        assert spec.dim == (2 if name in TOYS else 1)
+        assert spec.dim == TABLES.get(name, 2 if name in TOYS else 1)
+        assert spec.fixed_split == (name in TABLES)
     known = {n for n, s in DATASETS.items() if s.true_log_prob is not None}
     assert known == {"8gaussians", "checkerboard", *ONE_D}
 
 
-@pytest.mark.parametrize("name", list(DATASETS))
+@pytest.mark.parametrize("name", SAMPLED)
 def test_every_dataset_is_deterministic_finite_and_on_its_support(name: str) -> None:
     data = load_dataset(name, seed=3, n_train=2001, n_test=503)
     assert data.kind == "points" and data.dim == DATASETS[name].dim

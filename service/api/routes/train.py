@@ -76,8 +76,9 @@ def run_fields(session: Session, request: TrainRequest, memory_budget: int | Non
     ``memory_budget``: bytes a training step may be estimated at (None: not checked).
 
     Raises:
-        ConfigError: invalid model config, a dataset of the wrong kind for the model, or a training
-            step estimated over ``memory_budget`` (field ``training.batch_size``).
+        ConfigError: invalid model config, a dataset of the wrong kind for the model, an objective
+            the model cannot train with, or a training step estimated over ``memory_budget`` (field
+            ``training.batch_size``).
         ApiError: 422 for an unknown uploaded dataset id.
     """
     model_name = request.model.value
@@ -92,8 +93,17 @@ def run_fields(session: Session, request: TrainRequest, memory_budget: int | Non
             fix=f"use a {wanted} dataset, e.g. one of: {', '.join(compatible)}",
             field="dataset",
         )
+    objectives = MODELS[model_name].objectives
+    if request.training.objective not in objectives:
+        raise ConfigError(
+            f"model {model_name} cannot train with objective {request.training.objective!r}",
+            value=request.training.objective,
+            fix=f"use training.objective one of: {', '.join(objectives)} (flow_matching: model ffjord)",
+            field="training.objective",
+        )
     solver = request.resolved_solver()
-    if memory_budget is not None:
+    # A flow-matching step is one net evaluation (no solve): its memory is far below the estimate.
+    if memory_budget is not None and request.training.objective == "likelihood":
         _check_memory(model_name, model_config, dim, solver, request.training.batch_size, memory_budget)
     return {
         "id": str(uuid.uuid4()),

@@ -86,6 +86,10 @@ class DensityModel(nn.Module, ABC):
         no-grad query; serving splits larger queries into chunks within its budget (0: unbounded)."""
         return 0
 
+    # Training objectives ``fit`` accepts for this model (``TrainConfig.objective``); a model that
+    # lists "flow_matching" implements ``standardise``, ``velocity`` and ``end_time``.
+    objectives: ClassVar[tuple[str, ...]] = ("likelihood",)
+
     # True for models whose ``validate`` scores held-out items; ``fit`` then early-stops on it.
     can_validate: ClassVar[bool] = False
 

@@ -194,6 +194,7 @@ class FFJORD(DensityModel):
     data_kind = "points"
     # The measured winner (benchmarks/bench_train.py): with RNODE 0.01 and the step check.
     default_solver = SolverConfig(method="rk4", step_size=0.5)
+    objectives = ("likelihood", "flow_matching")
 
     def __init__(self, config: FFJORDConfig, dim: int, solver: SolverConfig) -> None:
         super().__init__(config, dim, solver)
@@ -250,6 +251,15 @@ class FFJORD(DensityModel):
 
     def _standardise(self, x: Tensor) -> Tensor:
         return (x - self.loc.to(x)) / self.scale.to(x)
+
+    def standardise(self, x: Tensor) -> Tensor:
+        """Data ``(B, D)`` in the flow's coordinates (the affine map fitted by ``prepare``)."""
+        return self._standardise(x)
+
+    def velocity(self, t: Tensor, y: Tensor) -> Tensor:
+        """``f(t, y)`` in standardised coordinates with one time per point: ``t (B,)``, ``y (B, D)``
+        (the flow-matching regression, :mod:`service.ml.flow_matching`)."""
+        return self.dynamics.net(t, y)
 
     def _unstandardise(self, y: Tensor) -> Tensor:
         return y * self.scale.to(y) + self.loc.to(y)
@@ -402,6 +412,15 @@ class FFJORD(DensityModel):
         order = SOLVERS[self.solver.method].order
         factor = (STEP_GAP_AIM * self.config.step_tolerance / gap) ** (1.0 / order)
         return max(STEP_FACTOR_MIN, factor)
+
+    # Validation (opt-in: ``TrainConfig.val_points``) scores held-out training points by exact NLL.
+    can_validate = True
+
+    @torch.no_grad()
+    def validate(self, items: Tensor) -> dict[str, float]:
+        """``val_score`` = ``val_nll``: mean exact NLL of the validation points (nats per point)."""
+        nll = self.evaluate(items, torch.Generator())["test_nll"]
+        return {"val_score": nll, "val_nll": nll}
 
     @torch.no_grad()
     def evaluate(self, data: Tensor, generator: torch.Generator) -> dict[str, float]:
