@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
 
 from service.ml.checkpoint import load_checkpoint, save_checkpoint
 from service.ml.errors import DataError
@@ -16,6 +17,7 @@ from service.ml.series import (
     SeriesBatch,
     collate,
     load_series_dataset,
+    make_series,
     make_spirals,
     series_data_from_list,
 )
@@ -259,3 +261,67 @@ def test_spirals_extrapolation_beats_last_value_baseline() -> None:
     metrics = result.metrics
     assert metrics["test_rmse_extrap"] < 0.4 * metrics["test_rmse_extrap_baseline"], metrics
     assert metrics["test_mse_interp"] < 0.01, metrics
+
+
+def test_mean_anchor_keeps_the_series_density_normalised() -> None:
+    """Two prefix values of one channel become their mean and one residual: numerically integrating
+    the density the model assigns (level term, Jacobian, the scored residual) over the plane gives 1."""
+    sigma, mu = 0.3, 0.4  # the decoder's mean for the second residual
+    grid = torch.linspace(-8, 8, 801, dtype=torch.float64)
+    s1, s2 = torch.meshgrid(grid, grid, indexing="ij")
+    level = (s1 + s2) / 2
+    count = torch.full_like(level, 2.0)
+    log_level = LatentODE._level_log_density(level.reshape(-1, 1, 1), count.reshape(-1, 1, 1))
+    residual = (s2 - level).reshape(-1)
+    log_residual = -0.5 * ((residual - mu) / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
+    density = (log_level + log_residual).exp().reshape(s1.shape)
+    step = float(grid[1] - grid[0])
+    assert float(density.sum()) * step * step == pytest.approx(1.0, abs=1e-3)
+
+
+def test_mean_anchor_forecasts_a_shifted_series_shifted() -> None:
+    """With ``anchor='mean'`` a forecast moves with the level of what was observed, however far
+    outside the training values (a trend); an absolute model (``'none'``) has no such guarantee."""
+    series = make_spirals(4, seed=3, noise_std=0.01)
+
+    def forecast_errors(anchor: str, shift: float) -> Tensor:
+        model = init_model("latent_ode", {"anchor": anchor}, 2, SOLVER, seed=0)
+        errors = []
+        for s in series:
+            n = s.n_observed
+            values = s.values + shift
+            mean, _ = model.predict(s.times[:n], values[:n], None, s.times[n:], n_samples=0)
+            errors.append(mean - values[n:])
+        return torch.cat(errors)
+
+    torch.testing.assert_close(forecast_errors("mean", 25.0), forecast_errors("mean", 0.0), rtol=0, atol=2e-5)
+    assert not torch.allclose(forecast_errors("none", 25.0), forecast_errors("none", 0.0), atol=1e-2)
+
+
+def _levels(n: int, persistent: bool, seed: int = 0) -> list:
+    """Noisy sines on a level per series (N(0, 10^2)); with ``persistent=False`` the second half
+    of each series sits on a fresh, independent level."""
+    g = torch.Generator().manual_seed(seed)
+    times = torch.linspace(0, 10, 40, dtype=torch.float64)
+    out = []
+    for _ in range(n):
+        first, second = 10 * torch.randn(2, generator=g)
+        level = torch.where(times <= 5, first, second if not persistent else first).float()
+        values = level + torch.sin(times).float() + 0.1 * torch.randn(40, generator=g)
+        out.append(make_series(times, values.unsqueeze(-1), observed_fraction=0.5))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("series", "anchored"),
+    [
+        (_levels(50, persistent=True), [1.0]),  # like windows of a trend: anchor
+        (_levels(50, persistent=False), [0.0]),  # levels that move: do not
+        (make_spirals(50, seed=0, noise_std=0.02), [0.0, 0.0]),  # a level set by the dynamics
+    ],
+    ids=["persistent-levels", "moving-levels", "spirals"],
+)
+def test_auto_anchor_is_chosen_from_the_training_series(series, anchored) -> None:
+    model = init_model("latent_ode", {}, series[0].dim, SOLVER, seed=0)
+    model.prepare(series_data_from_list("x", series, seed=0))
+    assert model.anchored.tolist() == anchored

@@ -12,18 +12,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from service.ml.models.base import LOG_2PI
 from service.ml.ode import NfeCounter, SolverConfig, solve
+from service.ml.series import Series
 
 __all__ = [
     "LatentDynamics",
     "RecognitionRNN",
+    "first_observed",
     "gather_times",
     "last_observed",
+    "level_statistics",
     "masked_gaussian_log_density",
     "mlp",
     "normal_kl",
@@ -170,6 +174,50 @@ def normal_kl(mean: Tensor, std: Tensor) -> Tensor:
 def normal_log_density(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """``log N(z; mean, diag std^2)`` summed over the last axis."""
     return (-0.5 * (((z - mean) / std).square() + LOG_2PI) - std.log()).sum(-1)
+
+
+def first_observed(prefix: Tensor) -> Tensor:
+    """1 at each channel's first observed prefix entry, 0 elsewhere: (B, T, D) -> (B, T, D)."""
+    length = prefix.shape[1]
+    position = torch.arange(length, device=prefix.device).view(1, -1, 1)
+    first = torch.where(prefix > 0, position, length).argmin(1, keepdim=True)  # (B, 1, D)
+    seen = (prefix.sum(1, keepdim=True) > 0).to(prefix.dtype)
+    return (position == first).to(prefix.dtype) * seen
+
+
+def level_statistics(series: Sequence[Series]) -> tuple[Tensor, Tensor]:
+    """Per channel, how much series differ in level and how well a level persists, (D,) each.
+
+    Each series is cut at half its time span. ``share``: the part of the first halves' variance
+    that lies between their means (near 1 when series differ mostly in level). ``drift``: the mean
+    squared change of a series' mean from its first half to its second, over the variance of the
+    first-half means (near 0 when a level, once there, stays). Channels without data get share 0.
+    """
+    dim = series[0].values.shape[1]
+    firsts: list[list[float]] = [[] for _ in range(dim)]
+    seconds: list[list[float]] = [[] for _ in range(dim)]
+    within: list[list[float]] = [[] for _ in range(dim)]
+    for s in series:
+        mid = s.times[0] + (s.times[-1] - s.times[0]) / 2
+        early = (s.times <= mid).unsqueeze(-1) & (s.mask > 0)
+        late = (s.times > mid).unsqueeze(-1) & (s.mask > 0)
+        for c in range(dim):
+            a, b = s.values[early[:, c], c], s.values[late[:, c], c]
+            if len(a) and len(b):
+                firsts[c].append(float(a.mean()))
+                seconds[c].append(float(b.mean()))
+                within[c].append(float(a.var(unbiased=False)))
+    share, drift = torch.zeros(dim), torch.full((dim,), math.inf)
+    for c in range(dim):
+        if len(firsts[c]) < 2:
+            continue
+        first, second = torch.tensor(firsts[c]), torch.tensor(seconds[c])
+        between = float(first.var(unbiased=False))
+        total = between + float(torch.tensor(within[c]).mean())
+        if total > 0 and between > 0:
+            share[c] = between / total
+            drift[c] = float((second - first).square().mean()) / between
+    return share, drift
 
 
 def last_observed(values: Tensor, prefix: Tensor, fill: Tensor) -> Tensor:
