@@ -111,16 +111,26 @@ def start_api(
     with log_path.open("ab") as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    wait_until_serving(proc, f"{url}/livez", log_path, timeout)
+    return proc, url
+
+
+def wait_until_serving(
+    proc: subprocess.Popen, url: str, log_path: Path, timeout: float, log_says: str = ""
+) -> None:
+    """Return once ``url`` answers 200 (and the log holds ``log_says``); fail with the log's tail
+    if ``proc`` exits or ``timeout`` passes first (the process is stopped)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
-                return proc, url
+            up = httpx.get(url, timeout=1).status_code == 200
+            if up and log_says in log_path.read_text(errors="replace"):
+                return
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             stop(proc)
-            pytest.fail(f"API did not start:\n{log_path.read_text(errors='replace')[-4000:]}")
+            pytest.fail(f"{url} did not come up:\n{log_path.read_text(errors='replace')[-4000:]}")
         time.sleep(0.2)
 
 

@@ -9,12 +9,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from processes import QUICK_RUN, ROOT, TERMINAL, free_port, post_run, stop, wait_for_run
+from processes import QUICK_RUN, ROOT, TERMINAL, free_port, post_run, stop, wait_for_run, wait_until_serving
 
 pytestmark = pytest.mark.integration
 
@@ -60,18 +59,8 @@ def embedded(tmp_path: Path):
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    wait_until_serving(proc, f"http://127.0.0.1:{port}/readyz", log, timeout=120, log_says="ready")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if client.get("/readyz").status_code == 200 and "ready" in log.read_text(errors="replace"):
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            pytest.fail(f"odeserve up did not start:\n{log.read_text(errors='replace')[-4000:]}")
-        time.sleep(0.3)
     yield proc, client, log
     client.close()
     stop(proc, timeout=40)
