@@ -6,13 +6,15 @@ field is not the near-identity of a fresh net (solver steps depend on it). Then,
 thread:
 
 * training: median ms per iteration (batch 256) of the likelihood objective with the exact trace
-  and with Hutchinson (default rk4 at step 0.5), and of flow matching (independent and OT coupling);
+  (default RNODE, whose Jacobian norm carries ``D`` tangents, and without the Jacobian penalty: the
+  closed-form trace) and with Hutchinson (default rk4 at step 0.5), and of flow matching
+  (independent and OT coupling);
 * serving: ms per point of a 1000-point density query with the exact trace (what the service does:
-  the lean batched Jacobian, dopri5 at the default rtol = atol = 1e-3), and of one Hutchinson probe
-  solve at the same tolerance. Hutchinson is unbiased but noisy: its per-point standard deviation
-  ``sd`` (over 16 probes) needs ``k = (sd / err)^2`` probes to be as accurate as the exact trace,
-  whose error ``err`` is its mean gap to a tight solve (rtol = atol = 1e-7). The Hutchinson cost at
-  equal accuracy is ``k`` times the probe cost (at least one probe).
+  the closed-form trace of :mod:`service.ml.trace`, dopri5 at the default rtol = atol = 1e-3), and
+  of one Hutchinson probe solve at the same tolerance. Hutchinson is unbiased but noisy: its
+  per-point standard deviation ``sd`` (over 16 probes) needs ``k = (sd / err)^2`` probes to be as
+  accurate as the exact trace, whose error ``err`` is its mean gap to a tight solve (rtol = atol =
+  1e-7). The Hutchinson cost at equal accuracy is ``k`` times the probe cost (at least one probe).
 
 Run: ``python -m benchmarks.bench_scaling [--dims 2 8 16 32 64]`` (about 2 minutes).
 """
@@ -39,6 +41,7 @@ TIGHT = SolverConfig(rtol=1e-7, atol=1e-7, max_num_steps=100_000)
 POINTS, PROBES, BATCH = 1000, 16, 256
 SERIES = {
     "train_exact_ms": "train: likelihood, exact trace",
+    "train_exact_kinetic_only_ms": "train: likelihood, exact trace, no Jacobian penalty",
     "train_hutchinson_ms": "train: likelihood, Hutchinson",
     "train_fm_ms": "train: flow matching",
     "train_fm_ot_ms": "train: flow matching OT",
@@ -120,6 +123,9 @@ def measure(dim: int, warmup: int, repeats: int) -> dict[str, Any]:
     hutch = init_model("ffjord", {"divergence": "hutchinson"}, dim, None, 0)
     hutch.load_state_dict(model.state_dict())
     row["train_exact_ms"] = _train_ms(model, data, "likelihood", "", repeats)
+    no_jacobian = init_model("ffjord", {"jacobian_weight": 0.0}, dim, None, 0)
+    no_jacobian.load_state_dict(model.state_dict())
+    row["train_exact_kinetic_only_ms"] = _train_ms(no_jacobian, data, "likelihood", "", repeats)
     row["train_hutchinson_ms"] = _train_ms(hutch, data, "likelihood", "", repeats)
     row["train_fm_ms"] = _train_ms(model, data, "flow_matching", "independent", 5 * repeats)
     row["train_fm_ot_ms"] = _train_ms(model, data, "flow_matching", "ot", 5 * repeats)
@@ -141,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     headers = [
         "D",
         "train exact ms/it",
+        "train exact, no Jacobian penalty, ms/it",
         "train Hutchinson ms/it",
         "train FM ms/it",
         "train FM-OT ms/it",
@@ -155,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         [
             r["dim"],
             r["train_exact_ms"],
+            r["train_exact_kinetic_only_ms"],
             r["train_hutchinson_ms"],
             r["train_fm_ms"],
             r["train_fm_ot_ms"],
@@ -171,8 +179,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} torch thread(s); first D columns of standardised digits; 2x64 FFJORD after "
         f"{args.warmup} flow-matching (OT) iterations; batch {BATCH}; median of {args.repeats} steps "
         "(flow matching: 5x as many).",
-        "Likelihood training: default rk4 at step 0.5 (learnt T), RNODE 0.01; serving: dopri5 "
-        "rtol=atol=1e-3, 1000 points in one batch.",
+        "Likelihood training: default rk4 at step 0.5 (learnt T), RNODE 0.01 (its Jacobian norm needs "
+        "the full Jacobian: D tangents), and with jacobian_weight 0 (kinetic only: the closed-form "
+        "trace of service.ml.trace); serving: dopri5 rtol=atol=1e-3, 1000 points in one batch, "
+        "closed-form trace.",
         "exact err: mean |log p(1e-3) - log p(1e-7)|; Hutchinson sd: per-point standard deviation of "
         f"one Gaussian probe's log-det (over {PROBES} probes); probes = (sd / err)^2, at least 1.",
     ]

@@ -2,8 +2,10 @@
 
 Two estimators (FFJORD, arXiv:1810.01367, section 3):
 
-* ``exact``: the trace of the exact Jacobian. :class:`~service.ml.nets.ODENet` carries the Jacobian
-  forward through its layers, so this costs about ``D + 1`` forward passes and no autograd.
+* ``exact``: the trace of the exact Jacobian. For one or two concat-squash hidden layers it has a
+  closed form (:mod:`service.ml.trace`: one ``O(H^2)`` bilinear form per point); otherwise
+  :class:`~service.ml.nets.ODENet` carries the Jacobian forward through its layers, about ``D + 1``
+  forward passes and no autograd.
 * ``hutchinson``: ``e^T (df/dx) e`` with noise ``e`` fixed for one solve (Gaussian or Rademacher);
   unbiased, one vector-Jacobian product per evaluation, the choice for large ``D``.
 

@@ -6,8 +6,10 @@ shape ``(B, D, width)``: a layer's Jacobian update is then one plain matrix prod
 sees the identity and returns ``W^T`` scaled by its time gate, shared by the batch. Propagating the
 Jacobian forward costs about ``D + 1`` forward passes and needs no autograd, so the exact divergence
 ``tr(df/dx)`` (and the Frobenius norm used by RNODE) is cheap for small ``D`` and works under
-``torch.no_grad`` for serving. Time conditioning: concat-squash layers (FFJORD, arXiv:1810.01367) or
-a sin/cos positional encoding of ``t`` and ``x``.
+``torch.no_grad`` for serving. When only the trace is wanted, one or two concat-squash hidden
+layers have it in closed form (:mod:`service.ml.trace`, ``forward_with_trace``), at about the cost
+of one more hidden layer whatever ``D``; ``trace_path`` says which a net uses. Time conditioning:
+concat-squash layers (FFJORD, arXiv:1810.01367) or a sin/cos positional encoding of ``t`` and ``x``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "LeanJacobianNet", "ODENet", "build_odenet"]
+from service.ml.trace import closed_form_divergence, supports_closed_form, trace_factor
+
+__all__ = ["ACTIVATIONS", "LeanJacobianNet", "ODENet", "TracePath", "build_odenet"]
 
 Activation = Literal["tanh", "softplus", "elu", "relu"]
+TracePath = Literal["closed_form", "tangents"]
 
 
 def _tanh(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,9 +68,13 @@ class ConcatSquashLinear(nn.Module):
         self.gate = nn.Linear(1, dim_out)
         self.bias = nn.Linear(1, dim_out, bias=False)
 
+    def gated(self, tt: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """The output ``(B, out)`` and the time gate ``sigmoid(a t + c)`` ``(1, out)``."""
+        gate = torch.sigmoid(self.gate(tt))
+        return torch.addcmul(self.bias(tt), self.linear(h), gate), gate
+
     def forward(self, tt: Tensor, h: Tensor, jac: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        gate = torch.sigmoid(self.gate(tt))  # (1, out)
-        out = torch.addcmul(self.bias(tt), self.linear(h), gate)
+        out, gate = self.gated(tt, h)
         return out, _linear_jacobian(self.linear.weight, jac, gate)
 
 
@@ -160,6 +169,10 @@ class ODENet(nn.Module):
         dims = [width, *hidden_dims, dim]
         self.layers = nn.ModuleList(layer_cls(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self._init_last_layer_small()
+        closed = supports_closed_form(len(hidden_dims), self.encoding is None)
+        self.trace_path: TracePath = "closed_form" if closed else "tangents"
+        """How the exact divergence is computed: :mod:`service.ml.trace`'s closed form, or the
+        trace of the forward-mode Jacobian (positional encoding, 3+ hidden layers)."""
 
     def _init_last_layer_small(self) -> None:
         # Start close to the identity flow: a small last layer keeps early solves cheap.
@@ -210,6 +223,24 @@ class ODENet(nn.Module):
         if cached is None or cached[0] != key:
             cached = self.__dict__["_lean_snapshot"] = (key, LeanJacobianNet(self))
         return cached[1]
+
+    def forward_with_trace(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``f`` ``(B, D)`` and the exact ``tr(df/dx)`` ``(B,)`` in closed form (differentiable).
+
+        Only for ``trace_path == "closed_form"``; ``t`` is one shared time."""
+        if self.trace_path != "closed_form":
+            raise ValueError("this net has no closed-form trace: use forward_with_jacobian")
+        tt = t.reshape(1, 1).to(x)
+        h, gates, slopes = x, [], []
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            h, gate = layer.gated(tt, h)
+            gates.append(gate.reshape(-1))
+            if index < last:
+                h, slope = self.activation(h)
+                slopes.append(slope)
+        factor = trace_factor([layer.linear.weight.t() for layer in self.layers], gates)
+        return h, closed_form_divergence(factor, slopes)
 
     def forward_with_jacobian(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``f`` of shape ``(B, D)`` and ``df/dx`` of shape ``(B, D, D)``."""
@@ -299,11 +330,28 @@ class LeanJacobianNet:
     def field(self, t: Tensor, x: Tensor) -> Tensor:
         """``f`` ``(B, D)`` alone, without tangents (sampling); a new tensor."""
         self._time_terms(t)
+        return self._forward(x, None)
+
+    def field_and_trace(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``f`` ``(B, D)`` and the exact ``tr(df/dx)`` ``(B,)`` in closed form; new tensors.
+
+        Only for nets whose ``trace_path`` is ``"closed_form"`` (:mod:`service.ml.trace`)."""
+        self._time_terms(t)
+        slopes: list[Tensor] = []
+        f = self._forward(x, slopes)
+        return f, closed_form_divergence(trace_factor(self.weights, self._gate_rows), slopes)
+
+    def _forward(self, x: Tensor, slopes: list[Tensor] | None) -> Tensor:
+        """The field after ``_time_terms``; appends each hidden layer's ``act'`` to ``slopes``."""
         h, last = x, len(self.weights) - 1
         for index, weight in enumerate(self.weights):
             h = torch.mm(h, weight).mul_(self._gate_rows[index]).add_(self._const_rows[index])
             if index < last:
-                h = h.tanh_() if self.activation is _tanh else self.activation(h)[0]
+                if slopes is None:
+                    h = h.tanh_() if self.activation is _tanh else self.activation(h)[0]
+                else:
+                    slopes.append(torch.empty_like(h))
+                    self._activate(h, slopes[-1])
         return h
 
     def __call__(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -319,11 +367,12 @@ class LeanJacobianNet:
             h = z[0]
             h.add_(self._const_rows[index])
             if index < last:
-                self._activate(h, z[1:], slopes[index])
+                self._activate(h, slopes[index])
+                z[1:].mul_(slopes[index])
         return stacks[-1][0], stacks[-1][1:].permute(1, 0, 2)
 
-    def _activate(self, h: Tensor, tangents: Tensor, slope: Tensor) -> None:
-        """In place: ``h <- act(h)`` and every tangent row times ``act'(h)``."""
+    def _activate(self, h: Tensor, slope: Tensor) -> None:
+        """In place: ``h <- act(h)`` and ``slope <- act'(h)``."""
         if self.activation is _tanh:
             h.tanh_()
             torch.addcmul(self._one, h, h, value=-1.0, out=slope)  # 1 - tanh^2
@@ -331,7 +380,6 @@ class LeanJacobianNet:
             value, derivative = self.activation(h)
             h.copy_(value)
             slope.copy_(derivative)
-        tangents.mul_(slope)
 
 
 def build_odenet(

@@ -129,7 +129,8 @@ def test_lean_snapshot_is_reused_until_the_weights_change() -> None:
 def test_lean_snapshot_keeps_buffers_within_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     from service.ml import nets
 
-    model = _model(2, hidden_dims=[6, 5])
+    # Three hidden layers: log_prob takes the tangent path (two have a closed-form trace, no buffers).
+    model = _model(2, hidden_dims=[6, 5, 4])
     lean = model.dynamics.net.lean()
     t = torch.tensor(0.3, dtype=torch.float64)
     per_point = sum(b.numel() for stacks, slopes in [lean._buffers(1)] for b in (*stacks, *slopes))

@@ -8,7 +8,10 @@ Data are standardised by an affine map fitted to the training set before the flo
 log-determinant is added back exactly), so targets far from the origin need no long transport.
 Training integrates the configured divergence estimator (exact or Hutchinson) and may add the RNODE
 penalties (kinetic energy and Jacobian Frobenius norm, Finlay et al., arXiv:2002.02798). ``log_prob``
-always uses the exact trace, so served densities carry no estimator noise.
+always uses the exact trace, so served densities carry no estimator noise. For the default net (one
+or two concat-squash hidden layers) the exact trace has a closed form (:mod:`service.ml.trace`,
+about one extra hidden layer per evaluation instead of ``D`` tangents), in serving and training;
+the full Jacobian is carried only where RNODE's Frobenius norm needs it (``jacobian_weight > 0``).
 
 Fixed-step training (rk4, ...) is checked against the continuous flow: every
 ``step_check_interval`` steps the batch NLL of the training solve is compared with the adaptive
@@ -46,6 +49,7 @@ from service.ml.memory import FLOAT_BYTES, SAFETY, evaluations_kept
 from service.ml.models.base import DensityModel, LossOutput, Width, standard_normal_log_prob
 from service.ml.nets import LeanJacobianNet, ODENet, build_odenet
 from service.ml.ode import SOLVERS, NfeCounter, SolverConfig, State, solve
+from service.ml.trace import supports_closed_form
 
 __all__ = ["FFJORD", "FFJORDConfig"]
 
@@ -134,10 +138,17 @@ class FFJORDConfig(BaseModel):
         return self.kinetic_weight > 0 or self.jacobian_weight > 0
 
 
+def _closed_form(config: FFJORDConfig) -> bool:
+    """Whether the exact trace of this architecture has the closed form of :mod:`service.ml.trace`."""
+    return supports_closed_form(len(config.hidden_dims), config.time_conditioning == "concatsquash")
+
+
 def _lean_floats(config: FFJORDConfig, dim: int) -> int:
-    """Floats per point of a no-grad exact-trace solve: the lean net's tangent buffers and slopes,
-    and dopri5's stages of ``(x, logdet)``."""
+    """Floats per point of a no-grad exact-trace solve: the lean net's states and slopes (closed
+    form: plus one bilinear-form row) or its tangent buffers, and dopri5's stages of ``(x, logdet)``."""
     hidden = sum(config.hidden_dims)
+    if _closed_form(config):
+        return 3 * hidden + dim + 12 * (dim + 1)
     return (1 + dim) * (2 * dim + hidden) + hidden + 12 * (dim + 1)
 
 
@@ -154,13 +165,26 @@ class CNFDynamics(nn.Module):
         self.estimator: str = "exact"
         self.noise: Tensor | None = None
         self.lean: LeanJacobianNet | None = None  # set for the duration of a no-grad solve
+        self.divergence_path: str = ""  # how the last exact-trace evaluation ran (tests, benchmarks)
+        self.frobenius = True  # False: RNODE's Jacobian term has weight 0 (state entry 4 is zeros)
 
     def forward(self, t: Tensor, state: Tensor | tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
         if isinstance(state, Tensor):
             return self.net(t, state) if self.lean is None else self.lean.field(t, state)
         x = state[0]
+        needs_jacobian = len(state) > 2 and self.frobenius
+        if self.estimator == "exact" and not needs_jacobian and self.net.trace_path == "closed_form":
+            # The trace alone has a closed form (service.ml.trace): no D tangents.
+            self.divergence_path = "closed_form"
+            lean = self.lean
+            f, div = lean.field_and_trace(t, x) if lean is not None else self.net.forward_with_trace(t, x)
+            if len(state) == 2:
+                return f, div
+            return f, div, f.square().sum(-1), torch.zeros_like(div)  # Frobenius norm unweighted
         if self.estimator == "exact":
-            # The lean snapshot returns the Jacobian transposed: trace and Frobenius norm agree.
+            # RNODE's Frobenius norm needs the whole Jacobian; the lean snapshot returns it
+            # transposed: trace and Frobenius norm agree.
+            self.divergence_path = "tangents"
             f, jac = self.lean(t, x) if self.lean is not None else self.net.forward_with_jacobian(t, x)
             div = jac.diagonal(dim1=-2, dim2=-1).sum(-1)
             frob = jac.square().sum(dim=(-2, -1)) if len(state) > 2 else None
@@ -207,6 +231,7 @@ class FFJORD(DensityModel):
             config.num_frequencies,
         )
         self.dynamics = CNFDynamics(net)
+        self.dynamics.frobenius = config.jacobian_weight > 0
         self.sqrt_end_time = nn.Parameter(
             torch.tensor(math.sqrt(config.integration_time)),
             requires_grad=config.learn_integration_time,
@@ -217,11 +242,16 @@ class FFJORD(DensityModel):
 
     @classmethod
     def training_bytes_per_item(cls, config: BaseModel, dim: int, solver: SolverConfig) -> int | None:
-        """Activations of every kept evaluation: hidden states and, for the exact trace, their
-        ``D`` tangents; evaluations kept as ``memory.evaluations_kept`` (T: its cap when learnt)."""
+        """Activations of every kept evaluation: hidden states and, for the exact trace with the
+        full Jacobian (RNODE's Jacobian norm, or no closed form), their ``D`` tangents; evaluations
+        kept as ``memory.evaluations_kept`` (T: its cap when learnt)."""
         assert isinstance(config, FFJORDConfig)
         hidden = sum(config.hidden_dims) + dim
-        per_eval = 2 * hidden * (dim + 1) if config.divergence == "exact" else 4 * hidden + 2 * dim
+        tangents = config.jacobian_weight > 0 or not _closed_form(config)
+        if config.divergence == "exact" and tangents:
+            per_eval = 2 * hidden * (dim + 1)
+        else:  # Hutchinson's one VJP, or the closed-form trace: a few activations per layer
+            per_eval = 4 * hidden + 2 * dim
         span = config.integration_time
         if config.learn_integration_time and config.max_integration_time is not None:
             span = max(span, config.max_integration_time)
@@ -229,8 +259,9 @@ class FFJORD(DensityModel):
         return FLOAT_BYTES * SAFETY * floats
 
     def query_bytes_per_item(self, kind: str) -> int:
-        """Density: the lean exact-trace buffers ``(1 + D, B, width)`` per layer; sample: the field's
-        hidden states; both plus the dopri5 stages of the state."""
+        """Density: the lean exact-trace states (without the closed form: its tangent buffers
+        ``(1 + D, B, width)`` per layer); sample: the field's hidden states; both plus the dopri5
+        stages of the state."""
         if kind == "sample":
             floats = 2 * sum(self.config.hidden_dims) + 12 * self.dim
         else:
@@ -370,8 +401,10 @@ class FFJORD(DensityModel):
         if regularize:
             kinetic, frobenius = out[2].mean(), out[3].mean()
             loss = loss + self.config.kinetic_weight * kinetic
-            loss = loss + self.config.jacobian_weight * frobenius
-            stats |= {"kinetic": float(kinetic.detach()), "jacobian": float(frobenius.detach())}
+            stats |= {"kinetic": float(kinetic.detach())}
+            if self.dynamics.frobenius:
+                loss = loss + self.config.jacobian_weight * frobenius
+                stats |= {"jacobian": float(frobenius.detach())}
         return LossOutput(loss=loss, stats=stats)
 
     @torch.no_grad()
