@@ -37,119 +37,31 @@ with samples and normalised; training keeps torchdiffeq.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel
 from torch import Tensor, nn
 
 from service.ml.divergence import hutchinson_divergence, sample_noise, standard_normal
 from service.ml.inference import solve_inference
 from service.ml.memory import FLOAT_BYTES, SAFETY, evaluations_kept
-from service.ml.models.base import DensityModel, LossOutput, Width, standard_normal_log_prob
+from service.ml.models.base import DensityModel, LossOutput, standard_normal_log_prob
+from service.ml.models.ffjord_config import (
+    FFJORDConfig,
+    closed_form_trace,
+    lean_floats,
+)
 from service.ml.nets import LeanJacobianNet, ODENet, build_odenet
 from service.ml.ode import SOLVERS, NfeCounter, SolverConfig, State, solve
-from service.ml.trace import supports_closed_form
 
 __all__ = ["FFJORD", "FFJORDConfig"]
 
 EVAL_CHUNK = 8192
-# A learnt T stops here unless configured otherwise: 4 rk4 steps of the default 0.5
-# (benchmarks/bench_train.py: as good as an unbounded T, with fewer NFE once T would pass it).
-DEFAULT_MAX_INTEGRATION_TIME = 2.0
 # The step check shrinks a fixed step so that the gap should fall to this share of the tolerance,
 # by at most halving it per check.
 STEP_GAP_AIM = 0.5
 STEP_FACTOR_MIN = 0.5
-
-
-class FFJORDConfig(BaseModel):
-    """Architecture and estimator choices of an FFJORD model."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    hidden_dims: tuple[Width, ...] = Field(
-        (64, 64), min_length=1, max_length=8, description="Widths of the hidden layers."
-    )
-    time_conditioning: Literal["concatsquash", "positional"] = Field(
-        "concatsquash",
-        description="How t enters the net: concat-squash layers or sin/cos encoding.",
-    )
-    num_frequencies: int = Field(4, ge=1, le=16, description="Frequencies of the positional encoding.")
-    activation: Literal["tanh", "softplus", "elu", "relu"] = "tanh"
-    divergence: Literal["exact", "hutchinson"] = Field(
-        "exact", description="Trace estimator used in training (serving always uses exact)."
-    )
-    hutchinson_noise: Literal["gaussian", "rademacher"] = "gaussian"
-    integration_time: float = Field(0.5, gt=0, le=100, description="Initial end time T.")
-    learn_integration_time: bool = Field(True, description="Train T along with the net.")
-    max_integration_time: float | None = Field(
-        DEFAULT_MAX_INTEGRATION_TIME,
-        gt=0,
-        le=100,
-        description="Upper bound on a learnt T (null: none; not given: 2, or integration_time if larger). "
-        "The RNODE penalties favour a longer, slower flow, so a learnt T keeps growing, and with it "
-        "the steps per solve.",
-    )
-    kinetic_weight: float = Field(0.01, ge=0, le=1e3, description="RNODE kinetic-energy weight.")
-    jacobian_weight: float = Field(0.01, ge=0, le=1e3, description="RNODE Jacobian-norm weight.")
-    step_check_interval: int = Field(
-        100,
-        ge=0,
-        le=100_000,
-        description="Fixed-step training: compare the batch NLL with the adaptive solver's every N "
-        "steps (0: never).",
-    )
-    step_tolerance: float = Field(
-        0.02,
-        gt=0,
-        le=10,
-        description="Fixed-step training: shrink the step when that gap exceeds this (nats).",
-    )
-
-    # What configs stored before a field existed (checkpoints, run rows) meant: no cap on T.
-    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"max_integration_time": None}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_cap_covers_the_start(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "max_integration_time" not in data:
-            start = data.get("integration_time")
-            if (
-                isinstance(start, int | float)
-                and not isinstance(start, bool)
-                and start > DEFAULT_MAX_INTEGRATION_TIME
-            ):
-                return {**data, "max_integration_time": start}
-        return data
-
-    @model_validator(mode="after")
-    def _cap_not_below_start(self) -> FFJORDConfig:
-        cap = self.max_integration_time
-        if cap is not None and cap < self.integration_time:
-            raise ValueError(
-                f"max_integration_time ({cap:g}) is below integration_time ({self.integration_time:g}): "
-                "raise max_integration_time or lower integration_time"
-            )
-        return self
-
-    @property
-    def regularized(self) -> bool:
-        return self.kinetic_weight > 0 or self.jacobian_weight > 0
-
-
-def _closed_form(config: FFJORDConfig) -> bool:
-    """Whether the exact trace of this architecture has the closed form of :mod:`service.ml.trace`."""
-    return supports_closed_form(len(config.hidden_dims), config.time_conditioning == "concatsquash")
-
-
-def _lean_floats(config: FFJORDConfig, dim: int) -> int:
-    """Floats per point of a no-grad exact-trace solve: the lean net's states and slopes (closed
-    form: plus one bilinear-form row) or its tangent buffers, and dopri5's stages of ``(x, logdet)``."""
-    hidden = sum(config.hidden_dims)
-    if _closed_form(config):
-        return 3 * hidden + dim + 12 * (dim + 1)
-    return (1 + dim) * (2 * dim + hidden) + hidden + 12 * (dim + 1)
 
 
 class CNFDynamics(nn.Module):
@@ -247,7 +159,7 @@ class FFJORD(DensityModel):
         kept as ``memory.evaluations_kept`` (T: its cap when learnt)."""
         assert isinstance(config, FFJORDConfig)
         hidden = sum(config.hidden_dims) + dim
-        tangents = config.jacobian_weight > 0 or not _closed_form(config)
+        tangents = config.jacobian_weight > 0 or not closed_form_trace(config)
         if config.divergence == "exact" and tangents:
             per_eval = 2 * hidden * (dim + 1)
         else:  # Hutchinson's one VJP, or the closed-form trace: a few activations per layer
@@ -255,7 +167,7 @@ class FFJORD(DensityModel):
         span = config.integration_time
         if config.learn_integration_time and config.max_integration_time is not None:
             span = max(span, config.max_integration_time)
-        floats = per_eval * evaluations_kept(solver, span) + _lean_floats(config, dim)
+        floats = per_eval * evaluations_kept(solver, span) + lean_floats(config, dim)
         return FLOAT_BYTES * SAFETY * floats
 
     def query_bytes_per_item(self, kind: str) -> int:
@@ -265,7 +177,7 @@ class FFJORD(DensityModel):
         if kind == "sample":
             floats = 2 * sum(self.config.hidden_dims) + 12 * self.dim
         else:
-            floats = _lean_floats(self.config, self.dim)
+            floats = lean_floats(self.config, self.dim)
         return FLOAT_BYTES * SAFETY * floats
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
