@@ -21,16 +21,14 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 
 from service.api.main import create_app
 from service.config import Settings
 from service.db.migrate import upgrade
 from service.jobs.queue import redis_client
+from tests.pg_schema import REQUIRED, open_schema
 
 ROOT = Path(__file__).resolve().parents[2]
-REQUIRED = os.environ.get("CI", "").lower() == "true"
-PG_URL = os.environ.get("ODESERVE_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("ODESERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TERMINAL = {"succeeded", "failed", "canceled"}
 
@@ -44,24 +42,16 @@ def _unavailable(what: str, exc: Exception) -> None:
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    schema = f"odeserve_it_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:
-        _unavailable(f"PostgreSQL at {PG_URL}", exc)
+    made = open_schema("odeserve_it")
+    if made is None:  # a laptop without PostgreSQL: a SQLite file (CI=true failed already)
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'odeserve.db'}"
         upgrade(url)
         yield url
         return
-    sep = "&" if "?" in PG_URL else "?"
-    url = f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    url, drop = made
     upgrade(url)
     yield url
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    drop()
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,6 @@ its own): skipped when PostgreSQL is unreachable, failed then with ``CI=true``.
 from __future__ import annotations
 
 import copy
-import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +19,13 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from recording_queue import RecordingQueue  # tests/service is on sys.path (rootless test dir)
-from sqlalchemy import create_engine, text
 
 from service.api.main import create_app
 from service.config import Settings
 from service.db import SessionFactory, make_engine, make_session_factory
 from service.db.migrate import upgrade
 from service.storage.models_store import ModelStore
+from tests.pg_schema import PG_URL, open_schema
 from workers.runner import run_job
 
 torch.set_num_threads(1)
@@ -123,9 +121,6 @@ def problem() -> Any:
     return _assert_problem
 
 
-PG_URL = os.environ.get("ODESERVE_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
 @dataclass
 class DbApi:
     """An app over one database: its client, session factory and recording queue."""
@@ -138,17 +133,10 @@ class DbApi:
 
 @pytest.fixture(scope="session")
 def postgres_api(settings: Settings) -> Iterator[DbApi]:
-    schema = f"odeserve_svc_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true requires PostgreSQL at {PG_URL}: {exc}")
-        pytest.skip(f"PostgreSQL at {PG_URL} unreachable: {exc}")
-    sep = "&" if "?" in PG_URL else "?"
-    url = f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    made = open_schema("odeserve_svc")
+    if made is None:
+        pytest.skip(f"PostgreSQL at {PG_URL} unreachable")
+    url, drop = made
     try:
         upgrade(url)
         engine = make_engine(url)
@@ -161,9 +149,7 @@ def postgres_api(settings: Settings) -> Iterator[DbApi]:
             yield DbApi("postgresql", client, sessions, queue)
         engine.dispose()
     finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+        drop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

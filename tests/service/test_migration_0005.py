@@ -7,11 +7,12 @@ import uuid
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import inspect, text
 
 from service.db import make_engine, make_session_factory
 from service.db.migrate import alembic_config, upgrade
 from service.db.models import RunRow
+from tests.pg_schema import open_schema
 
 INSERT = text(
     "INSERT INTO runs (id, model, dataset, model_config, solver, training, status, iteration, total,"
@@ -26,19 +27,12 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'm.db'}"
         return
-    from conftest import PG_URL
-
-    schema = f"odeserve_mig_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL unreachable: {exc}")
-    yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    made = open_schema("odeserve_mig")
+    if made is None:
+        pytest.skip("PostgreSQL unreachable")
+    url, drop = made
+    yield url
+    drop()
 
 
 def test_0005_adds_tags_retry_of_and_sweep_idempotency(database_url):
