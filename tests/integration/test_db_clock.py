@@ -18,7 +18,9 @@ from service.db import RunRow, make_engine, make_session_factory, sweeps_reposit
 from service.db import clock as db_clock
 from service.db import repository as repo
 from service.db.leases import beat
+from service.db.migrate import upgrade
 from service.db.recovery import find_lost
+from tests.pg_schema import open_schema
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +36,18 @@ def _skew(monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> None:
 
 
 @pytest.fixture
-def sessions(database_url: str):
-    if not database_url.startswith("postgresql"):
+def sessions():
+    """Its own schema: the runs made here must never reach the reconcilers of other tests' workers
+    (they would train them: a shared schema kept them as lost runs)."""
+    made = open_schema("odeserve_clock")
+    if made is None:
         pytest.skip("SQLite shares one host's clock (CI=true runs this on PostgreSQL)")
-    engine = make_engine(database_url)
+    url, drop = made
+    upgrade(url)
+    engine = make_engine(url)
     yield make_session_factory(engine)
     engine.dispose()
+    drop()
 
 
 def _new_run(session) -> str:
