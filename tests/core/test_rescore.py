@@ -89,7 +89,20 @@ def test_budget_or_solver_failures_give_null_and_a_reason() -> None:
     assert model.training  # the mode is restored
 
 
-def test_series_models_are_not_rescored() -> None:
+def test_series_models_are_rescored_on_their_first_series() -> None:
+    """A latent ODE's IWAE bound (fixed draws) re-scored at 1e-8: it differs from a loose own solve,
+    agrees with an own solve that is already that tight, and leaves the model as it was."""
     data = load_series_dataset("spirals", seed=0)
-    model = build_model("latent_ode", {}, data.dim, SolverConfig())
-    assert tight_test_nll(model, data.test) == {}
+    small = {"latent_dim": 4, "encoder_hidden": 8, "dynamics_hidden": [16], "decoder_hidden": [8]}
+    loose = build_model("latent_ode", small, data.dim, SolverConfig(method="dopri5", rtol=1e-2, atol=1e-2))
+    out = tight_test_nll(loose, data.test, points=12)
+    assert out["test_nll_tight_points"] == 12 and "first 12 test series" in out["test_nll_tight_solver"]
+    assert "exact trace" not in out["test_nll_tight_solver"]
+    assert math.isfinite(out["test_nll_tight"]) and abs(out["test_nll_tight_gap"]) > 1e-6
+    assert next(loose.parameters()).dtype == torch.float32 and loose.query_solver is None
+
+    tight = copy.deepcopy(loose).double()
+    tight.solver = TIGHT_SOLVER
+    own = tight_test_nll(tight, data.test, points=12)
+    assert abs(own["test_nll_tight_gap"]) < 1e-6
+    assert own["test_nll_tight"] == pytest.approx(out["test_nll_tight"], rel=1e-9)

@@ -331,3 +331,15 @@ def test_bad_latent_input_is_a_problem_naming_the_field(
     kwargs = {k: (v if k == "files" else _fill(v, ids)) for k, v in kwargs.items()}
     body = problem(client.request(method, path, **kwargs), status, field)
     assert needle in body["detail"] + " ".join(e["message"] for e in body["errors"]), body
+
+
+def test_a_trained_latent_run_records_its_tight_re_score(client, queue):
+    run = client.post("/train", json={**TINY_LATENT, "dataset": {"name": "periodic"}}).json()
+    try:
+        assert queue.run_pending() == ["succeeded"]
+        metrics = client.get(f"/runs/{run['id']}").json()["metrics"]
+        assert math.isfinite(metrics["test_nll_tight"]) and math.isfinite(metrics["test_nll_tight_gap"])
+        assert "test series" in metrics["test_nll_tight_solver"]
+        assert 1 <= metrics["test_nll_tight_points"] <= 100
+    finally:
+        client.delete(f"/runs/{run['id']}")
