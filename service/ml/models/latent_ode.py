@@ -61,9 +61,9 @@ from service.ml.models.latent_parts import (
     solve_on_grid,
 )
 from service.ml.models.latent_scoring import test_scores, validation_scores
+from service.ml.models.latent_serving import posterior_predictive, prior_trajectories
 from service.ml.ode import NfeCounter, SolverConfig
 from service.ml.series import Series, SeriesBatch, collate
-from service.ml.series_io import series_for_prediction
 
 __all__ = ["LatentODE", "LatentODEConfig"]
 
@@ -381,25 +381,8 @@ class LatentODE(DensityModel):
         noise: bool = False,
         **_: Any,
     ) -> Tensor:
-        """``n`` trajectories from the prior at ``times`` (time since the series start), (n, T, D).
-
-        Default times: 100 points over the mean training duration. ``noise`` adds observation noise.
-        """
-        times = (
-            torch.linspace(0, float(self.train_span), 100, dtype=torch.float64)
-            if times is None
-            else torch.as_tensor(times, dtype=torch.float64).reshape(-1)
-        )
-        tau = self._tau(times.to(self.loc.device), times.new_zeros(()).to(self.loc.device))
-        z0 = self._draw(self.loc.new_zeros(n, self.config.latent_dim), 1.0, 1, generator)  # (1, n, L)
-        pred = self.decode(z0, tau.expand(n, -1))[0]
-        if bool(self.anchored.any()):  # a level from the training marginal of one value
-            level = self._draw(self.loc.new_zeros(n, 1, self.dim), 1.0, 1, generator)[0]
-            pred = pred + level * self.anchored
-        if noise:
-            eps = torch.randn(pred.shape, generator=generator, dtype=pred.dtype).to(pred.device)
-            pred = pred + self.config.obs_noise_std * eps
-        return pred * self.scale + self.loc
+        """``n`` prior trajectories at ``times``, (n, T, D); see ``latent_serving``."""
+        return prior_trajectories(self, n, generator, times, noise)
 
     @torch.no_grad()
     def predict(
@@ -412,27 +395,8 @@ class LatentODE(DensityModel):
         generator: torch.Generator | None = None,
         include_noise: bool = True,
     ) -> tuple[Tensor, Tensor]:
-        """Posterior predictive mean and std at ``predict_times`` (interpolation and extrapolation).
-
-        One series: ``times`` (T,), ``values`` (T, D), ``mask`` (T, D) or None, ``predict_times``
-        (P,) -> mean, std (P, D). A batch: (B, T), (B, T, D), (B, T, D), and (P,) or (B, P) ->
-        (B, P, D); rows whose mask is all zero are padding. All given points condition ``q(z0)``;
-        time 0 of the latent ODE is each series' first time. ``n_samples = 0`` decodes the posterior
-        mean only. ``std`` is the spread over samples, plus the observation noise if
-        ``include_noise``.
-        """
-        single = torch.as_tensor(times).dim() == 1
-        series, targets = series_for_prediction(times, values, mask, predict_times, self.dim)
-        batch, absolute, tau = self._standardise(series)
-        values_std, level, _, _ = self._anchor(batch, absolute)
-        mean, std = self.posterior(batch, values_std, tau)
-        z0 = mean.unsqueeze(0) if n_samples == 0 else self._draw(mean, std, n_samples, generator)
-        origin = batch.times[:, :1]
-        pred = self.decode(z0, self._tau(targets.to(origin.device), origin))  # (K, B, P, D)
-        pred = (pred + level) * self.scale + self.loc
-        out_mean = pred.mean(0)
-        var = pred.var(0, unbiased=False)
-        if include_noise:
-            var = var + (self.config.obs_noise_std * self.scale).square()
-        out_std = var.sqrt()
-        return (out_mean[0], out_std[0]) if single else (out_mean, out_std)
+        """Posterior predictive mean and std at ``predict_times``, (P, D) or (B, P, D); see
+        ``latent_serving.posterior_predictive`` for the shapes and options."""
+        return posterior_predictive(
+            self, times, values, mask, predict_times, n_samples, generator, include_noise
+        )
