@@ -32,9 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmarks.bench_train import DEFAULT, WIDE, evaluation_at, train
+from benchmarks.bench_train import DEFAULT, WIDE, train
 from benchmarks.report import RESULTS, write_results
 from benchmarks.train_curves import short_label
+from benchmarks.train_scores import evaluation_at
 from service.ml.toy2d import checkerboard, checkerboard_log_prob
 from service.plots.canvas import new_figure, to_png
 from service.storage.models_store import atomic_write

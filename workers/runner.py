@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -29,31 +27,21 @@ from service.ml.models import stored_model_config
 from service.ml.ode import SolverConfig
 from service.ml.rescore import tight_test_nll
 from service.ml.series import load_series_dataset, series_data_from_list
-from service.ml.training import ProgressEvent, TrainConfig, TrainingData, TrainState, fit, init_model
+from service.ml.training import TrainConfig, TrainingData, TrainState, fit, init_model
 from service.storage.models_store import ModelStore
 from service.storage.series_store import load_series
 from workers.heartbeat import Heartbeat
+from workers.recorder import Recorder, RunLog, TimeLimitReached, finite_values
 
 __all__ = ["Publisher", "TimeLimitReached", "load_training_data", "pick_device", "run_job"]
 
 log = logging.getLogger(__name__)
 
 
-class TimeLimitReached(Exception):
-    """The attempt ran past the soft time limit (checked between iterations)."""
-
-
 class Publisher(Protocol):
     """Where a job handed back on warm shutdown is published again (``CeleryDispatcher``)."""
 
     def enqueue(self, run_id: str, device: str = "auto") -> None: ...
-
-
-class RunLog(logging.LoggerAdapter):
-    """Prefixes every line with the run id."""
-
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"run={self.extra['run_id']} {msg}", kwargs  # type: ignore[index]
 
 
 def pick_device(settings: Settings, requested: str = "auto") -> str:
@@ -73,10 +61,6 @@ def _check_device(device: str) -> None:
             fix="consume ODESERVE_GPU_QUEUE only with GPU workers, or ask for device auto or cpu",
             field="device",
         )
-
-
-def _finite(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
 
 
 def load_training_data(
@@ -109,97 +93,6 @@ def _on_device(data: TrainingData, device: str) -> TrainingData:
     if device == "cpu" or not isinstance(data, PointData):
         return data
     return dataclasses.replace(data, train=data.train.to(device), test=data.test.to(device))
-
-
-class Recorder:
-    """The ``fit`` callbacks of one attempt: progress, cancellation polling, checkpoints."""
-
-    def __init__(
-        self,
-        attempt: repo.Attempt,
-        *,
-        settings: Settings,
-        sessions: SessionFactory,
-        store: ModelStore,
-        config: TrainConfig,
-        extra: dict[str, Any],
-        log: RunLog,
-        shutdown: threading.Event | None = None,
-    ) -> None:
-        self.attempt, self.settings, self.sessions, self.store = attempt, settings, sessions, store
-        self.config, self.extra, self.log, self.shutdown = config, extra, log, shutdown
-        self.pending: list[dict[str, Any]] = []
-        self.last_event: ProgressEvent | None = None
-        self.last_poll = 0.0
-        self.started = time.monotonic()
-        self.model: Any = None
-
-    def on_progress(self, event: ProgressEvent) -> None:
-        record = {
-            "iteration": event.iteration,
-            "wall_s": event.wall_s,
-            "loss": event.loss,
-            "nfe_forward": event.nfe_forward,
-            "nfe_backward": event.nfe_backward,
-            **{k: float(v) for k, v in event.stats.items() if k != "loss"},
-        }
-        self.pending.append(record)
-        self.last_event = event
-        if event.iteration % self.settings.progress_every == 0 or event.iteration == event.total:
-            self.flush(event)
-
-    def flush(self, event: ProgressEvent) -> None:
-        metrics = {
-            "train_loss": event.loss,
-            "nfe_forward_mean": event.nfe_forward_mean,
-            "nfe_backward_mean": event.nfe_backward_mean,
-            "nfe_forward_last": event.nfe_forward,
-            "nfe_backward_last": event.nfe_backward,
-            "wall_clock_s": event.wall_s,
-            "iterations_per_s": event.iteration / event.wall_s if event.wall_s > 0 else None,
-        }
-        with self.sessions() as session:
-            repo.record_progress(
-                session,
-                self.attempt,
-                iteration=event.iteration,
-                wall_s=event.wall_s,
-                metrics=_finite(metrics),
-                history=[_finite(r) for r in self.pending],
-            )
-        self.pending.clear()
-        self.log.debug("iteration %d/%d loss %.4f", event.iteration, event.total, event.loss)
-
-    def should_stop(self) -> bool:
-        if self.shutdown is not None and self.shutdown.is_set():
-            raise TrainingPaused("the worker is shutting down")
-        now = time.monotonic()
-        if now - self.started > self.settings.max_run_seconds:
-            raise TimeLimitReached(
-                f"the attempt ran past ODESERVE_MAX_RUN_SECONDS={self.settings.max_run_seconds}"
-            )
-        if now - self.last_poll < self.settings.cancel_poll_s:
-            return False
-        self.last_poll = now
-        with self.sessions() as session:
-            return repo.should_stop(session, self.attempt)
-
-    def on_checkpoint(self, state: TrainState) -> None:
-        if self.pending and self.last_event is not None:
-            self.flush(self.last_event)  # metric rows up to the checkpoint survive a resume
-        with self.sessions() as session, checkpoint_lease(session, self.attempt):
-            digest = save_checkpoint(
-                self.store.run_dir(self.attempt.run_id),
-                self.model,
-                train_config=self.config,
-                state=state,
-                extra=self.extra,
-            )
-            self.store.publish_checkpoint(self.attempt.run_id, digest)
-            repo.record_checkpoint(session, self.attempt, sha256=digest, iteration=state.iteration)
-        discard_previous(self.store.run_dir(self.attempt.run_id))  # the new digest is committed
-        self.store.retire_checkpoints(self.attempt.run_id, keep=digest)
-        self.log.info("checkpoint at iteration %d (%s)", state.iteration, digest[:12])
 
 
 def _tight_metrics(model: Any, data: TrainingData, settings: Settings, rlog: RunLog) -> dict[str, Any]:
@@ -335,7 +228,7 @@ def _train(
             on_checkpoint=recorder.on_checkpoint,
             resume=_resume_state(row, store, rlog),  # a handed-back job resumes on attempt 1
         )
-        metrics = _finite(
+        metrics = finite_values(
             {
                 "train_loss": result.final_loss,
                 **_final_train_stats(result.history),

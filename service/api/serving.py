@@ -78,13 +78,20 @@ def _check_kind(row: ServedRun, kind: str | None) -> None:
         )
 
 
-def run_not_ready(row: RunRow, need: str) -> ApiError:
-    """409 ``run_not_ready`` for a run whose status cannot answer; ``need`` says what would."""
+def run_not_ready(
+    row: RunRow, need: str, *, slug: str = "run_not_ready", hint: str | None = None
+) -> ApiError:
+    """409 for a run in the wrong status for the request (default slug ``run_not_ready``).
+
+    ``need`` ends the detail, saying what would answer; ``hint``, if given, ends the ``run_id``
+    field's message. The problem carries ``run_status``.
+    """
+    message = f"run status is {row.status}" if hint is None else f"run status is {row.status}; {hint}"
     return ApiError(
         409,
-        "run_not_ready",
+        slug,
         f"run {row.id} is {row.status}; {need}",
-        errors=[("run_id", f"run status is {row.status}")],
+        errors=[("run_id", message)],
         extra={"run_status": row.status},
     )
 

@@ -21,13 +21,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Select, delete, func, literal, or_, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnElement
 
 from service.db.clock import db_now
-from service.db.models import DatasetRow, RunMetricRow, RunRow, RunStatus, utcnow
+from service.db.datasets_repository import create_dataset, get_dataset, list_datasets
+from service.db.metric_rows import metric_row, run_metrics
+from service.db.models import RunMetricRow, RunRow, RunStatus, utcnow
+from service.db.run_filters import after_keyset, filter_runs
 from service.db.run_sort import RunSort, parse_sort
 
 __all__ = [
@@ -159,27 +161,17 @@ def list_runs(
     """
     sort = sort or parse_sort(None, None)
     dialect = session.get_bind().dialect.name
-    query = select(RunRow).limit(limit)
-    if status is not None:
-        query = query.where(RunRow.status == status)
-    if model is not None:
-        query = query.where(RunRow.model == model)
-    if dataset is not None:
-        query = query.where(or_(RunRow.dataset_name == dataset, RunRow.dataset_id == dataset))
-    if sweep_id is not None:
-        query = query.where(RunRow.sweep_id == sweep_id)
-    if name:
-        query = query.where(func.lower(RunRow.name).contains(name.lower(), autoescape=True))
-    for tag in dict.fromkeys(tags):
-        query = query.where(_has_tag(dialect, tag))
+    query = filter_runs(
+        select(RunRow).limit(limit),
+        dialect,
+        status=status,
+        model=model,
+        dataset=dataset,
+        sweep_id=sweep_id,
+        name=name,
+        tags=tags,
+    )
     return list(session.scalars(sort.apply(query, dialect, after)))
-
-
-def _has_tag(dialect: str, tag: str) -> ColumnElement[bool]:
-    """``runs.tags`` (a JSON list of strings) holds ``tag``: one correlated EXISTS per dialect."""
-    elements = "json_array_elements_text" if dialect == "postgresql" else "json_each"
-    values = getattr(func, elements)(RunRow.tags).table_valued("value")
-    return select(literal(1)).select_from(values).where(values.c.value == tag).exists()
 
 
 def update_labels(session: Session, run_id: str, **values: Any) -> RunRow | None:
@@ -187,14 +179,6 @@ def update_labels(session: Session, run_id: str, **values: Any) -> RunRow | None
     result = session.execute(update(RunRow).where(RunRow.id == run_id).values(updated_at=utcnow(), **values))
     session.commit()
     return get_run(session, run_id) if result.rowcount else None
-
-
-def after_keyset(query: Select, row: Any, after: tuple[datetime, str] | None) -> Select:
-    """Keyset pagination, newest first: rows strictly after ``(created_at, id)`` of the last page."""
-    if after is None:
-        return query
-    created, last_id = after
-    return query.where(or_(row.created_at < created, (row.created_at == created) & (row.id < last_id)))
 
 
 def request_cancel(session: Session, run_id: str) -> RunRow | None:
@@ -223,39 +207,11 @@ def delete_run(session: Session, run_id: str) -> Literal["deleted", "missing", "
     return "missing" if get_run(session, run_id) is None else "busy"
 
 
-def run_metrics(
-    session: Session, run_id: str, *, limit: int | None = None, after: int | None = None
-) -> list[RunMetricRow]:
-    """The run's metric rows by iteration: those after iteration ``after``, at most ``limit``."""
-    query = select(RunMetricRow).where(RunMetricRow.run_id == run_id)
-    if after is not None:
-        query = query.where(RunMetricRow.iteration > after)
-    query = query.order_by(RunMetricRow.iteration)
-    if limit is not None:
-        query = query.limit(limit)
-    return list(session.scalars(query))
-
-
 def count_by_status(session: Session) -> dict[str, int]:
     rows = session.execute(select(RunRow.status, func.count()).group_by(RunRow.status))
     counts = {status.value: 0 for status in RunStatus}
     counts.update({status: int(n) for status, n in rows})
     return counts
-
-
-def create_dataset(session: Session, **fields: Any) -> DatasetRow:
-    row = DatasetRow(**fields)
-    session.add(row)
-    session.commit()
-    return row
-
-
-def get_dataset(session: Session, dataset_id: str) -> DatasetRow | None:
-    return session.get(DatasetRow, dataset_id)
-
-
-def list_datasets(session: Session) -> list[DatasetRow]:
-    return list(session.scalars(select(DatasetRow).order_by(DatasetRow.created_at.desc())))
 
 
 # --- worker side (fenced) -------------------------------------------------------------------------
@@ -370,25 +326,9 @@ def record_progress(
         session.execute(
             delete(RunMetricRow).where(RunMetricRow.run_id == attempt.run_id, RunMetricRow.iteration >= first)
         )
-        session.add_all(_metric_row(attempt.run_id, h) for h in history)
+        session.add_all(metric_row(attempt.run_id, h) for h in history)
         session.flush()
     _fenced(session, attempt, iteration=iteration, wall_s=wall_s, metrics=dict(metrics))
-
-
-_METRIC_KEYS = ("iteration", "wall_s", "loss", "nfe_forward", "nfe_backward")
-
-
-def _metric_row(run_id: str, record: Mapping[str, Any]) -> RunMetricRow:
-    extra = {k: float(v) for k, v in record.items() if k not in _METRIC_KEYS}
-    return RunMetricRow(
-        run_id=run_id,
-        iteration=int(record["iteration"]),
-        wall_s=float(record["wall_s"]),
-        loss=float(record["loss"]),
-        nfe_forward=int(record["nfe_forward"]),
-        nfe_backward=int(record["nfe_backward"]),
-        extra=extra,
-    )
 
 
 def record_checkpoint(session: Session, attempt: Attempt, *, sha256: str, iteration: int) -> None:

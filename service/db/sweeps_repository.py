@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.db.clock import db_now
 from service.db.models import RunRow, RunStatus, SweepRow, utcnow
-from service.db.repository import after_keyset
+from service.db.run_filters import after_keyset
 
 __all__ = [
     "SWEEP_STATUSES",

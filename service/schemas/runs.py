@@ -28,7 +28,8 @@ from service.ml.models import MODELS, stored_model_config
 from service.ml.ode import SolverConfig
 from service.ml.series import SERIES_DATASETS
 from service.ml.training import TrainConfig
-from service.schemas.series import MAX_DENSITY_SERIES, SeriesIn
+from service.schemas.density import MAX_DENSITY_POINTS, MAX_SAMPLE_N, DensityOut, DensityRequest, SampleOut
+from service.schemas.problems import Problem, ProblemField
 
 __all__ = [
     "MAX_DENSITY_POINTS",
@@ -60,10 +61,6 @@ __all__ = [
     "stored_request",
 ]
 
-MAX_SAMPLE_N = 10_000
-"""Most samples one ``GET /sample`` returns (422 above)."""
-MAX_DENSITY_POINTS = 10_000
-"""Most points one density query may carry (422 above)."""
 MAX_UPLOAD_POINTS = 200_000
 """Most points an uploaded dataset may have (422 above; bodies over the byte limit get 413)."""
 MAX_BUILTIN_SAMPLES = 200_000
@@ -329,42 +326,6 @@ class MetricPoint(BaseModel):
         )
 
 
-class DensityRequest(BaseModel):
-    """Points for a point-density run, or ``series`` for a latent ODE run (exactly one of them)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    run_id: uuid.UUID
-    points: list[list[float]] | None = Field(
-        None, min_length=1, max_length=MAX_DENSITY_POINTS, description="One point per row."
-    )
-    series: list[SeriesIn] | None = Field(
-        None,
-        min_length=1,
-        max_length=MAX_DENSITY_SERIES,
-        description="Latent ODE runs: series scored with a lower bound on their log-likelihood.",
-    )
-
-    @model_validator(mode="after")
-    def _points_or_series(self) -> DensityRequest:
-        if (self.points is None) == (self.series is None):
-            raise ValueError("give exactly one of points (density runs) or series (latent ODE runs)")
-        return self
-
-
-class DensityOut(BaseModel):
-    run_id: str
-    log_density: list[float | None] = Field(
-        ..., description="Natural-log density per point (null where it underflows)."
-    )
-
-
-class SampleOut(BaseModel):
-    run_id: str
-    seed: int
-    samples: list[list[float | None]]
-
-
 class DatasetUpload(BaseModel):
     """JSON upload of a point set."""
 
@@ -401,21 +362,6 @@ class DatasetList(BaseModel):
     items: list[DatasetOut]
     max_dim: int = MAX_DIM
     max_points: int = MAX_UPLOAD_POINTS
-
-
-class ProblemField(BaseModel):
-    field: str
-    message: str
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details (``application/problem+json``)."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str | None = None
-    errors: list[ProblemField] = Field(default_factory=list)
 
 
 class Readiness(BaseModel):

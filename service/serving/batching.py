@@ -47,7 +47,8 @@ Semantics the callers rely on:
 * Nothing hangs: a request not answered within ``timeout_s`` raises :class:`BatchTimeout`.
 * Peak memory is bounded: a pass whose estimate (``model.query_bytes_per_item``) is over
   ``max_pass_bytes`` runs as consecutive model calls on chunks of that many points or samples (the
-  chunk sizes depend only on the request, so the same seed still gives the same samples).
+  chunk sizes depend only on the request, so the same seed still gives the same samples; see
+  :mod:`service.serving.batch_passes`).
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ import torch
 from torch import Tensor
 
 from service.ml.errors import SolverError
-from service.ml.memory import chunk_size, split_sizes
 from service.ml.models import DensityModel
 from service.ml.ode import SolverConfig
+from service.serving.batch_passes import ChunkedCalls, Outcome, over_budget, settle
 from service.serving.batch_policy import BatchPolicy, BatchTimeout
 
 __all__ = ["IDLE_EXIT_S", "BatchPolicy", "BatchTimeout", "Batcher"]
@@ -115,7 +116,7 @@ class Batcher:
         self._last_clients: set[Hashable] = set()
         self._inline_timer: asyncio.Handle | asyncio.TimerHandle | None = None
         self._loop: tuple[int, asyncio.AbstractEventLoop] | None = None  # (thread id, its running loop)
-        self._chunks: dict[str, int] = {}  # items per model call by query kind (memory budget)
+        self._calls = ChunkedCalls(model, lambda: self.policy.max_pass_bytes)  # memory budget
         self._inline_solver = self._bound_solver()
         self._inline_heavy = False  # a loop pass ran past inline_max_steps: solve on the thread only
 
@@ -256,26 +257,24 @@ class Batcher:
             for _, future in batch:
                 future.set_result(None)
             return
-        _settle([future for _, future in batch], outcomes)
+        settle([future for _, future in batch], outcomes)
         self._answered(len(batch))
 
-    def _inline_outcomes(
-        self, batch: list[_Request]
-    ) -> list[tuple[Tensor | None, BaseException | None]] | None:
+    def _inline_outcomes(self, batch: list[_Request]) -> list[Outcome] | None:
         """One merged pass on the loop; None when it ran past ``inline_max_steps`` (a long solve
         leaves the loop); other failures are isolated as in ``_outcomes``."""
         try:
             points = batch[0].points if len(batch) == 1 else torch.cat([r.points for r in batch])
-            values = self._call(lambda: self._log_prob(points))
+            values = self._call(lambda: self._calls.log_prob(points))
         except SolverError as error:
-            if _over_budget(error):
+            if over_budget(error):
                 return None
             isolated = [self._alone(r) for r in batch] if len(batch) > 1 else [(None, error)]
         except Exception as error:
             isolated = [self._alone(r) for r in batch] if len(batch) > 1 else [(None, error)]
         else:
             return [(v, None) for v in values.split([r.size for r in batch])]
-        over = any(_over_budget(error) for _, error in isolated)
+        over = any(over_budget(error) for _, error in isolated)
         return None if over else isolated
 
     # -- solver thread ------------------------------------------------------------------------
@@ -335,13 +334,13 @@ class Batcher:
         return sum(r.size for r in self._pending if r.kind == "density")
 
     def _run(self, batch: list[_Request]) -> None:
-        outcomes: list[tuple[Tensor | None, BaseException | None]] = []
+        outcomes: list[Outcome] = []
         try:
             with self._model_lock:
                 outcomes = self._outcomes(batch)
         finally:
             outcomes += [(None, RuntimeError("batch aborted"))] * (len(batch) - len(outcomes))
-            _settle([req.future for req in batch], outcomes)
+            settle([req.future for req in batch], outcomes)
             self._answered(len(batch))
 
     def _answered(self, count: int) -> None:
@@ -349,72 +348,31 @@ class Batcher:
         if self._on_pass is not None and count:
             self._on_pass(count)
 
-    def _outcomes(self, batch: list[_Request]) -> list[tuple[Tensor | None, BaseException | None]]:
+    def _outcomes(self, batch: list[_Request]) -> list[Outcome]:
         """Each request's ``(result, error)``: one merged pass, or (if it fails) one pass each.
 
         The caller holds the model lock."""
         if len(batch) > 1:
             try:
-                values = self._call(lambda: self._log_prob(torch.cat([r.points for r in batch])))
+                values = self._call(lambda: self._calls.log_prob(torch.cat([r.points for r in batch])))
                 return [(v, None) for v in values.split([r.size for r in batch])]
             except Exception:
                 pass  # isolate the failure: every request gets its own answer
         return [self._alone(r) for r in batch]
 
-    def _alone(self, req: _Request) -> tuple[Tensor | None, BaseException | None]:
+    def _alone(self, req: _Request) -> Outcome:
         try:
             if req.kind == "sample":
-                return self._call(lambda: self._sample(req.size, req.seed)), None
-            return self._call(lambda: self._log_prob(req.points)), None
+                return self._call(lambda: self._calls.sample(req.size, req.seed)), None
+            return self._call(lambda: self._calls.log_prob(req.points)), None
         except Exception as error:
             return None, error
 
     def _chunk(self, kind: str) -> int:
-        """Points (or samples) per model call within ``max_pass_bytes``; DataError if one is over."""
-        chunk = self._chunks.get(kind)
-        if chunk is None:
-            estimate = getattr(self.model, "query_bytes_per_item", None)  # duck-typed models: none
-            per_item = estimate(kind) if estimate is not None else 0
-            what = "point" if kind == "density" else "sample"
-            field = "points" if kind == "density" else "n"
-            budget = self.policy.max_pass_bytes
-            chunk = chunk_size(per_item, budget, what=what, field=field) if per_item else 1 << 62
-            self._chunks[kind] = chunk
-        return chunk
-
-    def _log_prob(self, points: Tensor) -> Tensor:
-        """``model.log_prob`` in chunks of ``_chunk("density")`` points (peak memory bounded)."""
-        chunk = self._chunk("density")
-        if points.shape[0] <= chunk:
-            return self.model.log_prob(points)
-        return torch.cat([self.model.log_prob(part) for part in points.split(chunk)])
-
-    def _sample(self, n: int, seed: int) -> Tensor:
-        """``n`` samples from one generator seeded ``seed``, drawn in chunks (sizes fixed by ``n``)."""
-        generator = torch.Generator().manual_seed(seed)
-        sizes = split_sizes(n, self._chunk("sample"))
-        if len(sizes) == 1:
-            return self.model.sample(n, generator)
-        return torch.cat([self.model.sample(size, generator) for size in sizes])
+        """Points (or samples) per model call within ``max_pass_bytes``."""
+        return self._calls.chunk(kind)
 
     def _call(self, fn: Callable[[], Tensor]) -> Tensor:
         with torch.no_grad():
             self.forward_passes += 1
             return fn()
-
-
-def _over_budget(error: BaseException | None) -> bool:
-    """The solve ran out of its step budget (on the loop: hand the requests to the thread)."""
-    return isinstance(error, SolverError) and error.field == "solver.max_num_steps"
-
-
-def _settle(
-    futures: list[Future[Tensor]] | list[asyncio.Future[Tensor | None]],
-    outcomes: list[tuple[Tensor | None, BaseException | None]],
-) -> None:
-    """Give each future its ``(result, error)`` outcome (thread and event-loop futures alike)."""
-    for future, (result, error) in zip(futures, outcomes, strict=True):
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)

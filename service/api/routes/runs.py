@@ -14,8 +14,8 @@ from fastapi import APIRouter, Query, Response
 from service.api.auth import Principal, RequireWriteKey
 from service.api.deps import DispatcherDep, ModelCacheDep, SessionDep, SettingsDep, StoreDep
 from service.api.errors import ApiError
-from service.api.routes.train import IdempotencyKey, submit
-from service.api.serving import get_run_or_404
+from service.api.routes.train import IdempotencyKey, submit, submit_responses
+from service.api.serving import get_run_or_404, run_not_ready
 from service.db import RunRow, RunStatus
 from service.db import repository as repo
 from service.db.run_sort import DEFAULT_SORT, RunSort, parse_sort
@@ -154,8 +154,10 @@ RETRYABLE = (RunStatus.failed.value, RunStatus.canceled.value)
     response_model=RunOut,
     responses={
         **NOT_FOUND,
-        409: {"model": Problem, "description": "Run not failed or canceled, or Idempotency-Key reused"},
-        422: {"model": Problem, "description": "The stored request no longer validates"},
+        **submit_responses(
+            "The stored request no longer validates",
+            conflict="Run not failed or canceled, or Idempotency-Key reused",
+        ),
     },
 )
 def retry_run(
@@ -172,12 +174,11 @@ def retry_run(
     It goes through ``POST /train``'s checks and queueing; the old run stays as it is."""
     old = get_run_or_404(session, run_id)
     if old.status not in RETRYABLE:
-        raise ApiError(
-            409,
-            "run_not_retryable",
-            f"run {run_id} is {old.status}; only failed or canceled runs can be retried",
-            errors=[("run_id", f"run status is {old.status}; retry needs failed or canceled")],
-            extra={"run_status": old.status},
+        raise run_not_ready(
+            old,
+            "only failed or canceled runs can be retried",
+            slug="run_not_retryable",
+            hint="retry needs failed or canceled",
         )
     request = stored_request(old)
     return submit(

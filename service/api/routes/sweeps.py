@@ -25,7 +25,7 @@ from service.api.auth import Principal, RequireWriteKey
 from service.api.deps import DispatcherDep, SessionDep, SettingsDep, StoreDep
 from service.api.errors import ApiError, validation_errors
 from service.api.routes.plots import PngResponse
-from service.api.routes.train import IdempotencyKey, request_digest, run_fields, scoped_key
+from service.api.routes.train import IdempotencyKey, request_digest, run_fields, scoped_key, submit_responses
 from service.db import sweeps_repository as sweeps
 from service.db.models import SweepRow
 from service.jobs.sweeps import expand_grid
@@ -93,10 +93,7 @@ def _label(name: str | None, combo: dict[str, Any]) -> str:
     "/sweeps",
     status_code=202,
     response_model=SweepOut,
-    responses={
-        409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
-        422: {"model": Problem, "description": "Invalid base request or grid (the field is named)"},
-    },
+    responses=submit_responses("Invalid base request or grid (the field is named)"),
 )
 def create_sweep(
     body: SweepRequest,

@@ -23,7 +23,16 @@ from service.ml.models import MODELS, parse_model_config
 from service.ml.ode import SolverConfig
 from service.schemas.runs import BUILTIN_DATASETS, Problem, RunOut, TrainRequest
 
-__all__ = ["IDEMPOTENCY_KEY", "request_digest", "router", "run_fields", "scoped_key", "submit"]
+__all__ = [
+    "IDEMPOTENCY_KEY",
+    "KEY_REUSED",
+    "request_digest",
+    "router",
+    "run_fields",
+    "scoped_key",
+    "submit",
+    "submit_responses",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,13 @@ IDEMPOTENCY_KEY = Header(
     "resource (Idempotent-Replayed: true); with another body, 409.",
 )
 IdempotencyKey = Annotated[str | None, IDEMPOTENCY_KEY]
+KEY_REUSED = "Idempotency-Key reused with another body"
+
+
+def submit_responses(invalid: str, *, conflict: str = KEY_REUSED) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` of a route that queues runs through ``submit`` (``POST /train``, ``/sweeps``,
+    ``/runs/{id}/retry``): 409 described by ``conflict`` and 422 by ``invalid``."""
+    return {409: {"model": Problem, "description": conflict}, 422: {"model": Problem, "description": invalid}}
 
 
 def _dataset(session: Session, request: TrainRequest) -> tuple[dict[str, Any], str, str | None, int]:
@@ -142,14 +158,10 @@ def _check_memory(
     "/train",
     status_code=202,
     response_model=RunOut,
-    responses={
-        409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
-        422: {
-            "model": Problem,
-            "description": "Invalid request, or a training step estimated over the memory budget "
-            "(ODESERVE_TRAIN_MEMORY_BYTES; the problem gives the estimate and the batch size that fits)",
-        },
-    },
+    responses=submit_responses(
+        "Invalid request, or a training step estimated over the memory budget "
+        "(ODESERVE_TRAIN_MEMORY_BYTES; the problem gives the estimate and the batch size that fits)"
+    ),
 )
 def train(
     request: TrainRequest,

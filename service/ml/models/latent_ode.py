@@ -39,15 +39,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from service.ml.errors import DataError
 from service.ml.memory import FLOAT_BYTES, SAFETY
-from service.ml.models.base import DensityModel, LossOutput, Width, standard_normal_log_prob
+from service.ml.models.base import DensityModel, LossOutput, standard_normal_log_prob
+from service.ml.models.latent_config import ANCHOR_LEVEL_SHARE, ANCHOR_MAX_DRIFT, LatentODEConfig
 from service.ml.models.latent_parts import (
     LatentDynamics,
     RecognitionRNN,
@@ -61,76 +61,13 @@ from service.ml.models.latent_parts import (
     solve_on_grid,
 )
 from service.ml.models.latent_scoring import test_scores, validation_scores
+from service.ml.models.latent_serving import posterior_predictive, prior_trajectories
 from service.ml.ode import NfeCounter, SolverConfig
 from service.ml.series import Series, SeriesBatch, collate
-from service.ml.series_io import series_for_prediction
 
 __all__ = ["LatentODE", "LatentODEConfig"]
 
 SeriesInput = SeriesBatch | Sequence[Series]
-ANCHOR_LEVEL_SHARE = 0.5
-ANCHOR_MAX_DRIFT = 0.25
-"""``anchor='auto'`` anchors a channel whose training series differ mostly in level (share of the
-variance between series above ``ANCHOR_LEVEL_SHARE``) and keep it (drift below
-``ANCHOR_MAX_DRIFT``), see ``level_statistics``. co2 windows: share 0.97, drift 0.03 (anchored);
-sunspots 0.18 / 2.1, elnino 0.07 / 2.7, noisy spirals 0.05 / 2.2, the built-in spirals 0.88 / 0.98
-and 0.68 / 4.1 (a level that moves with the dynamics): not anchored."""
-
-
-class LatentODEConfig(BaseModel):
-    """Architecture, likelihood and objective of a latent ODE."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    latent_dim: int = Field(6, ge=1, le=128, description="Dimension of z.")
-    encoder: Literal["gru", "ode_rnn"] = Field(
-        "gru", description="Recognition network: GRU, or ODE-RNN (ODE between observations)."
-    )
-    encoder_hidden: int = Field(32, ge=1, le=1024, description="GRU hidden size.")
-    encoder_ode_hidden: tuple[Width, ...] = Field(
-        (32,), max_length=4, description="Hidden widths of the ODE-RNN's dynamics."
-    )
-    dynamics_hidden: tuple[Width, ...] = Field(
-        (64, 64), min_length=1, max_length=8, description="Hidden widths of the latent dynamics."
-    )
-    decoder_hidden: tuple[Width, ...] = Field(
-        (32,), max_length=8, description="Hidden widths of the decoder z -> x."
-    )
-    obs_noise_std: float = Field(
-        0.05, ge=1e-3, le=1.0, description="Fixed observation noise (standardised units)."
-    )
-    kl_anneal_iterations: int = Field(
-        200, ge=0, le=1_000_000, description="KL weight rises linearly from 0 to 1 over these."
-    )
-    train_samples: int = Field(1, ge=1, le=64, description="Posterior samples per training series.")
-    iwae_samples: int = Field(16, ge=1, le=1024, description="Importance samples of the evaluation bound.")
-    extrapolation_loss: bool = Field(
-        True, description="Score the held-out tail in training too (False: prefix only)."
-    )
-    train_prefix: Literal["random", "data"] = Field(
-        "random",
-        description=(
-            "Encoder prefix in training: a random fraction of each series' span (so the encoder "
-            "learns any number of observations), or the dataset's observed/held-out split."
-        ),
-    )
-    min_prefix_fraction: float = Field(
-        0.25, gt=0, le=1, description="Smallest random prefix, as a fraction of the series span."
-    )
-    time_horizon: float = Field(
-        4.0, gt=0, le=1000, description="Mean training series duration in model time units."
-    )
-    anchor: Literal["auto", "mean", "none"] = Field(
-        "auto",
-        description=(
-            "Model a channel relative to the mean of each series' observed prefix ('mean'), so a "
-            "level never seen in training (a trend) is forecast from where the series is; or in "
-            "absolute values ('none'). 'auto': 'mean' for the channels whose training prefixes "
-            "differ mostly in a level that persists (see ANCHOR_LEVEL_SHARE)."
-        ),
-    )
-
-    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"anchor": "none"}
 
 
 class LatentODE(DensityModel):
@@ -381,25 +318,8 @@ class LatentODE(DensityModel):
         noise: bool = False,
         **_: Any,
     ) -> Tensor:
-        """``n`` trajectories from the prior at ``times`` (time since the series start), (n, T, D).
-
-        Default times: 100 points over the mean training duration. ``noise`` adds observation noise.
-        """
-        times = (
-            torch.linspace(0, float(self.train_span), 100, dtype=torch.float64)
-            if times is None
-            else torch.as_tensor(times, dtype=torch.float64).reshape(-1)
-        )
-        tau = self._tau(times.to(self.loc.device), times.new_zeros(()).to(self.loc.device))
-        z0 = self._draw(self.loc.new_zeros(n, self.config.latent_dim), 1.0, 1, generator)  # (1, n, L)
-        pred = self.decode(z0, tau.expand(n, -1))[0]
-        if bool(self.anchored.any()):  # a level from the training marginal of one value
-            level = self._draw(self.loc.new_zeros(n, 1, self.dim), 1.0, 1, generator)[0]
-            pred = pred + level * self.anchored
-        if noise:
-            eps = torch.randn(pred.shape, generator=generator, dtype=pred.dtype).to(pred.device)
-            pred = pred + self.config.obs_noise_std * eps
-        return pred * self.scale + self.loc
+        """``n`` prior trajectories at ``times``, (n, T, D); see ``latent_serving``."""
+        return prior_trajectories(self, n, generator, times, noise)
 
     @torch.no_grad()
     def predict(
@@ -412,27 +332,8 @@ class LatentODE(DensityModel):
         generator: torch.Generator | None = None,
         include_noise: bool = True,
     ) -> tuple[Tensor, Tensor]:
-        """Posterior predictive mean and std at ``predict_times`` (interpolation and extrapolation).
-
-        One series: ``times`` (T,), ``values`` (T, D), ``mask`` (T, D) or None, ``predict_times``
-        (P,) -> mean, std (P, D). A batch: (B, T), (B, T, D), (B, T, D), and (P,) or (B, P) ->
-        (B, P, D); rows whose mask is all zero are padding. All given points condition ``q(z0)``;
-        time 0 of the latent ODE is each series' first time. ``n_samples = 0`` decodes the posterior
-        mean only. ``std`` is the spread over samples, plus the observation noise if
-        ``include_noise``.
-        """
-        single = torch.as_tensor(times).dim() == 1
-        series, targets = series_for_prediction(times, values, mask, predict_times, self.dim)
-        batch, absolute, tau = self._standardise(series)
-        values_std, level, _, _ = self._anchor(batch, absolute)
-        mean, std = self.posterior(batch, values_std, tau)
-        z0 = mean.unsqueeze(0) if n_samples == 0 else self._draw(mean, std, n_samples, generator)
-        origin = batch.times[:, :1]
-        pred = self.decode(z0, self._tau(targets.to(origin.device), origin))  # (K, B, P, D)
-        pred = (pred + level) * self.scale + self.loc
-        out_mean = pred.mean(0)
-        var = pred.var(0, unbiased=False)
-        if include_noise:
-            var = var + (self.config.obs_noise_std * self.scale).square()
-        out_std = var.sqrt()
-        return (out_mean[0], out_std[0]) if single else (out_mean, out_std)
+        """Posterior predictive mean and std at ``predict_times``, (P, D) or (B, P, D); see
+        ``latent_serving.posterior_predictive`` for the shapes and options."""
+        return posterior_predictive(
+            self, times, values, mask, predict_times, n_samples, generator, include_noise
+        )
