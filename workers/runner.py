@@ -92,7 +92,8 @@ def _final_train_stats(history: list[dict[str, float]]) -> dict[str, float]:
 def _on_device(data: TrainingData, device: str) -> TrainingData:
     if device == "cpu" or not isinstance(data, PointData):
         return data
-    return dataclasses.replace(data, train=data.train.to(device), test=data.test.to(device))
+    cells = None if data.cells is None else data.cells.to(device)
+    return dataclasses.replace(data, train=data.train.to(device), test=data.test.to(device), cells=cells)
 
 
 def _tight_metrics(model: Any, data: TrainingData, settings: Settings, rlog: RunLog) -> dict[str, Any]:

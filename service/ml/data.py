@@ -71,6 +71,10 @@ class PointData:
     true_log_prob: Callable[[Tensor], Tensor] | None = None
     entropy: float | None = None
     val: Tensor | None = None  # validation points split off ``train`` (``with_validation_points``)
+    # A dequantised table: each training row's cell corner (N, D) and the cell widths (D,); batches
+    # re-draw the noise inside the cell (``tabular``). None: ``train`` as it is.
+    cells: Tensor | None = None
+    cell_width: Tensor | None = None
 
     @property
     def dim(self) -> int:
@@ -87,16 +91,23 @@ class PointData:
         n_val = min(n_val, self.train.shape[0] // 2)
         order = torch.randperm(self.train.shape[0], generator=torch.Generator().manual_seed(seed))
         order = order.to(self.train.device)
-        return dataclasses.replace(self, train=self.train[order[n_val:]], val=self.train[order[:n_val]])
+        cells = None if self.cells is None else self.cells[order[n_val:]]
+        return dataclasses.replace(
+            self, train=self.train[order[n_val:]], val=self.train[order[:n_val]], cells=cells
+        )
 
     def batch(self, batch_size: int, generator: torch.Generator) -> Tensor:
-        """``(batch_size, D)`` rows of ``train`` drawn uniformly with replacement."""
+        """``(batch_size, D)`` rows of ``train`` drawn uniformly with replacement (a dequantised
+        table: the rows' cells with fresh uniform noise)."""
         if batch_size < 1:
             raise DataError(
                 f"batch_size must be >= 1, got {batch_size}", value=batch_size, fix="use 1 or more"
             )
         idx = torch.randint(0, self.train.shape[0], (batch_size,), generator=generator)
-        return self.train[idx]
+        if self.cells is None or self.cell_width is None:
+            return self.train[idx]
+        noise = torch.rand((batch_size, self.dim), generator=generator).to(self.cells)
+        return self.cells[idx] + noise * self.cell_width.to(self.cells)
 
 
 def _toy(name: str, description: str, **extra: object) -> DatasetSpec:
@@ -183,7 +194,7 @@ def load_dataset(name: str, seed: int = 0, n_train: int = 20_000, n_test: int = 
     spec = DATASETS[name]
     if spec.fixed_split:
         split = tabular.load_tabular(name, n_train, n_test)
-        return PointData(name, split.train, split.test)
+        return PointData(name, split.train, split.test, cells=split.train_cells, cell_width=split.cell_width)
     train = spec.sampler(n_train, _generator(seed, 0))
     test = spec.sampler(n_test, _generator(seed, 1))
     return PointData(name, train, test, spec.true_log_prob, spec.entropy)

@@ -78,3 +78,43 @@ def test_diabetes_binary_sex_column_is_spread_over_its_gap() -> None:
 def test_row_limits_keep_leading_rows() -> None:
     full, part = load_tabular("wine"), load_dataset("wine", n_train=50, n_test=10)
     assert torch.equal(part.train, full.train[:50]) and torch.equal(part.test, full.test[:10])
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_training_batches_redraw_the_dequantisation_noise_inside_each_cell(name: str) -> None:
+    data = load_dataset(name).with_validation_points(50, seed=3)
+    assert data.cells is not None and data.cell_width is not None
+    assert data.cells.shape == data.train.shape
+    # The fixed draw lies in its row's cell: corner <= value < corner + width (continuous: equal).
+    offset = data.train - data.cells
+    assert (offset >= -1e-5).all() and (offset <= data.cell_width + 1e-5).all()
+    continuous = data.cell_width == 0
+    assert torch.equal(data.train[:, continuous], data.cells[:, continuous])
+    first = data.batch(4096, torch.Generator().manual_seed(0))
+    again = data.batch(4096, torch.Generator().manual_seed(0))
+    other = data.batch(4096, torch.Generator().manual_seed(1))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    # Each drawn row is a training cell plus U(0, width) noise: the position inside the cell grid
+    # (cells lie on an even grid of their width) is uniform, and not the fixed draw.
+    discrete = ~continuous
+    if discrete.any():
+        width = data.cell_width[discrete].double()
+        low = data.cells[:, discrete].double().min(0).values
+        frac = ((first[:, discrete].double() - low) / width) % 1.0
+        assert frac.mean().item() == pytest.approx(0.5, abs=0.02)
+        assert frac.var().item() == pytest.approx(1 / 12, abs=0.01)
+        assert not torch.isin(first[:, discrete], data.train[:, discrete]).all()  # not the fixed draw
+
+
+def test_digits_batches_are_cell_corners_plus_fresh_noise() -> None:
+    data = load_dataset("digits")
+    split = load_tabular("digits")
+    generator = torch.Generator().manual_seed(7)
+    idx = torch.randint(0, data.train.shape[0], (512,), generator=torch.Generator().manual_seed(7))
+    batch = data.batch(512, generator)
+    back = batch.double() * split.std.double() + split.mean.double()
+    corners = data.cells[idx].double() * split.std.double() + split.mean.double()
+    assert torch.allclose(corners, corners.round(), atol=1e-3)  # integer pixels
+    noise = back - corners  # the drawn rows' own cells (same index stream as the batch)
+    assert noise.min() >= -1e-3 and noise.max() <= 1 + 1e-3
+    assert noise.mean().item() == pytest.approx(0.5, abs=0.01)
