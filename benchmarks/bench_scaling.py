@@ -1,9 +1,9 @@
 """Cost against dimension: ms per training iteration and per served density point, D = 2 ... 64.
 
 Data: the first D columns of the standardised ``digits`` table (``service.ml.tabular``). For each
-D a default FFJORD (2x64) is first trained by flow matching for ``--warmup`` iterations, so the
-field is not the near-identity of a fresh net (solver steps depend on it). Then, on one torch
-thread:
+D a 2x64 FFJORD (the default width up to D = 16) is first trained by flow matching for
+``--warmup`` iterations, so the field is not the near-identity of a fresh net (solver steps
+depend on it). Then, on one torch thread:
 
 * training: median ms per iteration (batch 256) of the likelihood objective with the exact trace
   (default RNODE, whose Jacobian norm carries ``D`` tangents, and without the Jacobian penalty: the
@@ -39,6 +39,7 @@ DIMS = (2, 8, 16, 32, 64)
 SERVE = SolverConfig(rtol=1e-3, atol=1e-3)
 TIGHT = SolverConfig(rtol=1e-7, atol=1e-7, max_num_steps=100_000)
 POINTS, PROBES, BATCH = 1000, 16, 256
+FIXED: dict[str, Any] = {"hidden_dims": (64, 64)}
 SERIES = {
     "train_exact_ms": "train: likelihood, exact trace",
     "train_exact_kinetic_only_ms": "train: likelihood, exact trace, no Jacobian penalty",
@@ -115,21 +116,30 @@ def _serve(model: Any, points: torch.Tensor) -> dict[str, float]:
     }
 
 
+def _warm(extra: dict[str, Any], data: PointData, warmup: int) -> Any:
+    model = init_model("ffjord", extra, data.dim, None, 0)
+    fit(model, data, TrainConfig(iterations=warmup, objective="flow_matching", coupling="ot", lr=1e-2))
+    return model
+
+
 def measure(dim: int, warmup: int, repeats: int) -> dict[str, Any]:
     data = _data(dim)
-    model = init_model("ffjord", {}, dim, None, 0)
-    fit(model, data, TrainConfig(iterations=warmup, objective="flow_matching", coupling="ot", lr=1e-2))
+    model = _warm(FIXED, data, warmup)
     row: dict[str, Any] = {"dim": dim}
-    hutch = init_model("ffjord", {"divergence": "hutchinson"}, dim, None, 0)
+    hutch = init_model("ffjord", {"divergence": "hutchinson", **FIXED}, dim, None, 0)
     hutch.load_state_dict(model.state_dict())
     row["train_exact_ms"] = _train_ms(model, data, "likelihood", "", repeats)
-    no_jacobian = init_model("ffjord", {"jacobian_weight": 0.0}, dim, None, 0)
+    no_jacobian = init_model("ffjord", {"jacobian_weight": 0.0, **FIXED}, dim, None, 0)
     no_jacobian.load_state_dict(model.state_dict())
     row["train_exact_kinetic_only_ms"] = _train_ms(no_jacobian, data, "likelihood", "", repeats)
     row["train_hutchinson_ms"] = _train_ms(hutch, data, "likelihood", "", repeats)
     row["train_fm_ms"] = _train_ms(model, data, "flow_matching", "independent", 5 * repeats)
     row["train_fm_ot_ms"] = _train_ms(model, data, "flow_matching", "ot", 5 * repeats)
-    row |= _serve(model, data.test.repeat(3, 1)[:POINTS])
+    points = data.test.repeat(3, 1)[:POINTS]
+    row |= _serve(model, points)
+    default = _warm({}, data, warmup)  # the default width for D (2 x max(64, 4 D))
+    row["default_width"] = default.config.widths(dim)[0]
+    row["serve_default_ms_per_1000"] = _serve(default, points)["serve_exact_ms_per_1000"]
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     return row
 
@@ -157,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         "Hutchinson sd (nats)",
         "probes for equal accuracy",
         "serve Hutchinson ms/1000 at equal accuracy",
+        "default width",
+        "serve exact, default width, ms/1000 pts",
+        f"vs D={rows[0]['dim']}, default width",
     ]
     table = [
         [
@@ -172,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
             r["hutchinson_sd_nats"],
             r["hutchinson_probes_for_equal_accuracy"],
             r["serve_hutchinson_equal_ms_per_1000"],
+            r["default_width"],
+            r["serve_default_ms_per_1000"],
+            r["serve_default_ms_per_1000"] / rows[0]["serve_default_ms_per_1000"],
         ]
         for r in rows
     ]
@@ -185,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         "closed-form trace.",
         "exact err: mean |log p(1e-3) - log p(1e-7)|; Hutchinson sd: per-point standard deviation of "
         f"one Gaussian probe's log-det (over {PROBES} probes); probes = (sd / err)^2, at least 1.",
+        "Default width: the service's default net for D (hidden_dims null: 2 x max(64, 4 D)), warmed "
+        "up the same way; every other column holds the width at 2x64 to show the cost of D alone.",
     ]
     payload = {"rows": rows, "threads": args.threads}
     write_results("bench_scaling", "Cost against dimension D", payload, headers, table, notes)

@@ -15,6 +15,7 @@ from service.ml.errors import ConfigError
 from service.ml.models import build_model, stored_model_config
 from service.ml.models.ffjord import FFJORD, FFJORDConfig
 from service.ml.ode import SolverConfig
+from service.ml.training import init_model
 
 TIGHT = SolverConfig(rtol=1e-9, atol=1e-9, max_num_steps=20_000)
 CONDITIONINGS = ["concatsquash", "positional"]
@@ -291,3 +292,20 @@ def test_a_checkpoint_stored_before_the_cap_existed_loads_uncapped(tmp_path) -> 
         torch.testing.assert_close(loaded.double().log_prob(x), model.log_prob(x), rtol=1e-5, atol=1e-5)
     assert stored_model_config("ffjord", {"max_integration_time": 1.5})["max_integration_time"] == 1.5
     assert stored_model_config("latent_ode", {}) == {"anchor": "none"}  # stored before anchors
+
+
+@pytest.mark.parametrize(("dim", "width"), [(1, 64), (2, 64), (16, 64), (17, 68), (64, 256), (200, 512)])
+def test_default_width_grows_with_the_dimension(dim: int, width: int) -> None:
+    model = init_model("ffjord", {}, dim, None, 0)
+    assert model.config.hidden_dims is None and model.config.widths(dim) == (width, width)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    # each concat-squash layer's main map: in -> out; hidden widths as resolved
+    outs = sorted({m.out_features for m in linears if m.out_features not in (dim, 1)})
+    assert width in outs
+    explicit = init_model("ffjord", {"hidden_dims": [8, 8]}, dim, None, 0)
+    assert explicit.config.widths(dim) == (8, 8)
+    # a checkpoint's config (hidden_dims null) rebuilds the same shapes
+    again = init_model("ffjord", model.config.model_dump(mode="json"), dim, None, 1)
+    assert {k: v.shape for k, v in again.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }

@@ -137,7 +137,7 @@ class FFJORD(DensityModel):
         self.config: FFJORDConfig = config
         net = build_odenet(
             dim,
-            config.hidden_dims,
+            config.widths(dim),
             config.activation,
             config.time_conditioning,
             config.num_frequencies,
@@ -158,7 +158,7 @@ class FFJORD(DensityModel):
         full Jacobian (RNODE's Jacobian norm, or no closed form), their ``D`` tangents; evaluations
         kept as ``memory.evaluations_kept`` (T: its cap when learnt)."""
         assert isinstance(config, FFJORDConfig)
-        hidden = sum(config.hidden_dims) + dim
+        hidden = sum(config.widths(dim)) + dim
         tangents = config.jacobian_weight > 0 or not closed_form_trace(config)
         if config.divergence == "exact" and tangents:
             per_eval = 2 * hidden * (dim + 1)
@@ -175,7 +175,7 @@ class FFJORD(DensityModel):
         ``(1 + D, B, width)`` per layer); sample: the field's hidden states; both plus the dopri5
         stages of the state."""
         if kind == "sample":
-            floats = 2 * sum(self.config.hidden_dims) + 12 * self.dim
+            floats = 2 * sum(self.config.widths(self.dim)) + 12 * self.dim
         else:
             floats = lean_floats(self.config, self.dim)
         return FLOAT_BYTES * SAFETY * floats
