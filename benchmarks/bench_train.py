@@ -32,6 +32,7 @@ from benchmarks.train_curves import write_curves
 from benchmarks.train_scores import Run, headline, stored_reference
 from service.ml.errors import TrainingCanceled
 from service.ml.ode import SolverConfig
+from service.ml.train_config import FLOW_MATCHING_LR
 from service.ml.training import ProgressEvent, TrainConfig, TrainState, fit, init_model
 
 EVAL_SOLVER = SolverConfig(rtol=1e-5, atol=1e-5, max_num_steps=10_000)
@@ -57,9 +58,9 @@ FIXED_T1 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T=1 fixed b256 lr3e-3"
 FIXED_T05 = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T=0.5 fixed b256 lr3e-3"
 UNCAPPED = "2x64 exact rk4-h0.5 RNODE-0.01 step-check T unbounded b256 lr3e-3"
 WIDE = "3x128 exact rk4-h0.5 RNODE-0.01 step-check T<=2 b256 lr3e-3"
-FM = "flow matching: 2x64, OT coupling, EMA 0.999, b256 lr3e-3 (objective defaults)"
-FM_INDEPENDENT = "flow matching: 2x64, independent coupling, EMA 0.999, b256 lr3e-3"
-FM_LR = "flow matching: 2x64, OT coupling, EMA 0.999, b256 lr1e-2"
+FM = "flow matching: 2x64, OT coupling, EMA 0.999, b256 lr1e-2 (objective defaults)"
+FM_INDEPENDENT = "flow matching: 2x64, independent coupling, EMA 0.999, b256 lr1e-2"
+FM_LR = "flow matching: 2x64, OT coupling, EMA 0.999, b256 lr3e-3 (the likelihood lr)"
 _RNODE_OFF = {"kinetic_weight": 0.0, "jacobian_weight": 0.0}
 PRESETS: dict[str, Preset] = {
     "reference": Preset(
@@ -81,10 +82,12 @@ PRESETS: dict[str, Preset] = {
     # Three rk4 steps at most instead of four.
     CAP15: Preset({"max_integration_time": 1.5}, None, 256, 3e-3),
     # training.objective = "flow_matching" and nothing else: one net evaluation per step, no solve.
-    FM: Preset({}, None, 256, 3e-3, {"objective": "flow_matching"}),
-    FM_INDEPENDENT: Preset({}, None, 256, 3e-3, {"objective": "flow_matching", "coupling": "independent"}),
-    # Flow matching's measured best learning rate on the toys (bench_train_fm).
-    FM_LR: Preset({}, None, 256, 1e-2, {"objective": "flow_matching"}),
+    FM: Preset({}, None, 256, FLOW_MATCHING_LR, {"objective": "flow_matching"}),
+    FM_INDEPENDENT: Preset(
+        {}, None, 256, FLOW_MATCHING_LR, {"objective": "flow_matching", "coupling": "independent"}
+    ),
+    # The likelihood objective's learning rate (flow matching's default before bench_train_fm).
+    FM_LR: Preset({}, None, 256, 3e-3, {"objective": "flow_matching"}),
     "2x64 exact rk4-h0.5 RNODE-0.01 no-step-check b256 lr3e-3": Preset(
         {"step_check_interval": 0}, SolverConfig(method="rk4", step_size=0.5), 256, 3e-3
     ),

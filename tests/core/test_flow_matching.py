@@ -176,3 +176,14 @@ def test_bad_objective_settings_are_refused() -> None:
     with pytest.raises(ConfigError, match="likelihood") as info:
         fit(series, object(), TrainConfig(objective="flow_matching", val_fraction=0))  # type: ignore[arg-type]
     assert info.value.field == "training.objective"
+
+
+def test_flow_matching_takes_its_own_default_learning_rate() -> None:
+    from service.ml.train_config import FLOW_MATCHING_LR, TrainConfig
+
+    assert TrainConfig().lr == 3e-3
+    assert TrainConfig(objective="flow_matching").lr == FLOW_MATCHING_LR == 1e-2
+    assert TrainConfig.model_validate({"objective": "flow_matching", "lr": 5e-4}).lr == 5e-4
+    # the stored config names the rate that ran, so a retry or a resume uses the same one
+    stored = TrainConfig(objective="flow_matching").model_dump(mode="json")
+    assert stored["lr"] == 1e-2 and TrainConfig.model_validate(stored).lr == 1e-2

@@ -39,6 +39,7 @@ def test_builtin_tables_are_listed_with_their_dimension(client):
 def test_flow_matching_run_on_wine_succeeds_and_records_its_objective(wine_run):
     assert wine_run["status"] == "succeeded"
     assert wine_run["training"]["objective"] == "flow_matching" and wine_run["training"]["coupling"] == "ot"
+    assert wine_run["training"]["lr"] == 1e-2  # flow matching's own default rate, recorded
     assert wine_run["training"]["ema_decay"] is None  # null: the objective's default (0.999)
     assert 0 < wine_run["metrics"]["test_nll"] < 60  # a 13-D standard normal scores 18.4 on its own
 
