@@ -31,8 +31,8 @@ from benchmarks.report import write_results
 from benchmarks.train_curves import write_curves
 from benchmarks.train_scores import Run, headline, stored_reference
 from service.ml.errors import TrainingCanceled
+from service.ml.models.ffjord import FFJORD, FLOW_MATCHING_LR
 from service.ml.ode import SolverConfig
-from service.ml.train_config import FLOW_MATCHING_LR
 from service.ml.training import ProgressEvent, TrainConfig, TrainState, fit, init_model
 
 EVAL_SOLVER = SolverConfig(rtol=1e-5, atol=1e-5, max_num_steps=10_000)
@@ -70,7 +70,7 @@ PRESETS: dict[str, Preset] = {
         1e-3,
     ),
     # Exactly what POST /train gives with no model_config, solver or training settings.
-    DEFAULT: Preset({}, None, _TRAIN_DEFAULTS.batch_size, _TRAIN_DEFAULTS.lr),
+    DEFAULT: Preset({}, None, _TRAIN_DEFAULTS.batch_size, FFJORD.training_defaults("likelihood")["lr"]),
     DOPRI5: Preset(_RNODE_OFF, SolverConfig(rtol=1e-3, atol=1e-3), 256, 3e-3),
     # RNODE fixes T = 1 (Finlay et al. 2020): fewer steps per solve than a learned T.
     FIXED_T1: Preset({"integration_time": 1.0, "learn_integration_time": False}, None, 256, 3e-3),

@@ -7,17 +7,13 @@ and time budget. Frozen, ``extra="forbid"``; combinations that cannot work fail 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["FLOW_MATCHING_EMA", "FLOW_MATCHING_LR", "TrainConfig"]
+__all__ = ["FLOW_MATCHING_EMA", "TrainConfig"]
 
 FLOW_MATCHING_EMA = 0.999  # ema_decay left unset: flow matching's regression targets are noisy
-FLOW_MATCHING_LR = 1e-2
-"""lr left unset with objective flow_matching. 8gaussians, 30 s, seeds 0/1/2 (benchmarks/bench_train
---budget 30): the reference's NLL in 0.46x / 0.39x / <0.52x the likelihood default's time at 1e-2,
-1.21x / 1.23x / <0.92x at 3e-3."""
 
 
 class TrainConfig(BaseModel):
@@ -29,11 +25,23 @@ class TrainConfig(BaseModel):
         1000, ge=1, le=200_000, description="Optimizer steps (an upper bound with early stopping)."
     )
     batch_size: int = Field(256, ge=1, le=65_536, description="Items per step.")
-    lr: float = Field(
-        3e-3,
+    lr: float | None = Field(
+        None,
         gt=0,
         le=1,
-        description=f"Adam learning rate (left out with objective flow_matching: {FLOW_MATCHING_LR}).",
+        description=(
+            "Adam learning rate. null: the model's default (FFJORD 3e-3, with objective "
+            "flow_matching 1e-2; latent ODE 1e-2); the run records the rate it used."
+        ),
+    )
+    grad_clip: float | None = Field(
+        None,
+        ge=0,
+        le=1e6,
+        description=(
+            "Clip the gradient norm to this before each step (0: off). null: the model's default "
+            "(latent ODE 1, FFJORD off); the run records the value it used."
+        ),
     )
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds init, batches and noise.")
@@ -109,13 +117,6 @@ class TrainConfig(BaseModel):
         ),
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _objective_default_lr(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "lr" not in data and data.get("objective") == "flow_matching":
-            return {**data, "lr": FLOW_MATCHING_LR}
-        return data
-
     @model_validator(mode="after")
     def _coupling_needs_flow_matching(self) -> TrainConfig:
         if self.coupling is not None and self.objective != "flow_matching":
@@ -124,6 +125,11 @@ class TrainConfig(BaseModel):
                 "set training.objective to flow_matching or drop training.coupling"
             )
         return self
+
+    def with_defaults(self, defaults: dict[str, float]) -> TrainConfig:
+        """This config with its unset (null) ``lr`` / ``grad_clip`` taken from ``defaults``."""
+        update = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return self.model_copy(update=update) if update else self
 
     @property
     def resolved_ema_decay(self) -> float:

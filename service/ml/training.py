@@ -36,7 +36,7 @@ from service.ml.early_stopping import EarlyStopping, auto_val_interval, cosine_l
 from service.ml.ema import EMA, averaged
 from service.ml.errors import SolverError, TrainingCanceled, TrainingPaused
 from service.ml.flow_matching import objective_loss
-from service.ml.models import DensityModel, build_model
+from service.ml.models import MODELS, DensityModel, build_model
 from service.ml.ode import SolverConfig, solver_errors
 from service.ml.train_config import TrainConfig
 
@@ -48,6 +48,7 @@ __all__ = [
     "TrainingData",
     "fit",
     "init_model",
+    "resolve_training",
 ]
 
 EVAL_SEED_OFFSET = 7919  # evaluation draws from its own stream so it never shifts training's
@@ -152,8 +153,16 @@ def init_model(
         return build_model(name, model_config, dim, solver)
 
 
+def resolve_training(config: TrainConfig, model: type[DensityModel] | str) -> TrainConfig:
+    """``config`` with the settings it leaves null (``lr``, ``grad_clip``) set to the model's
+    defaults for its objective (``DensityModel.training_defaults``); ``model``: class or name."""
+    cls = MODELS[model] if isinstance(model, str) else model
+    return config.with_defaults(cls.training_defaults(config.objective))
+
+
 def _optimizer(model: DensityModel, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    assert config.lr is not None, "resolve_training first"
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -242,6 +251,8 @@ def fit(
         TrainingPaused: ``should_stop()`` raised it; the last finished step was checkpointed first.
         SolverError: the ODE solver failed or the loss became non-finite.
     """
+    config = resolve_training(config, type(model))
+    assert config.lr is not None and config.grad_clip is not None
     data = _with_validation(model, data, config)
     step_loss = objective_loss(model, config.objective, config.coupling)
     optimizer = _optimizer(model, config)
@@ -301,6 +312,8 @@ def fit(
             )
         with solver_errors(model.solver):
             out.loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         if ema is not None:
             ema.update(model)

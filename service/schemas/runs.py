@@ -27,7 +27,7 @@ from service.ml.data import DATASETS, MAX_DIM
 from service.ml.models import MODELS, stored_model_config
 from service.ml.ode import SolverConfig
 from service.ml.series import SERIES_DATASETS
-from service.ml.training import TrainConfig
+from service.ml.training import TrainConfig, resolve_training
 from service.schemas.density import MAX_DENSITY_POINTS, MAX_SAMPLE_N, DensityOut, DensityRequest, SampleOut
 from service.schemas.problems import Problem, ProblemField
 
@@ -156,6 +156,10 @@ class TrainRequest(BaseModel):
     def resolved_solver(self) -> SolverConfig:
         """The solver the run records: the request's, or the model's default."""
         return self.solver or MODELS[self.model.value].default_solver
+
+    def resolved_training(self) -> TrainConfig:
+        """The training settings the run records: the request's, nulls set to the model's defaults."""
+        return resolve_training(self.training, self.model.value)
 
 
 def stored_request(row: RunRow) -> TrainRequest:

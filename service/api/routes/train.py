@@ -130,7 +130,7 @@ def run_fields(session: Session, request: TrainRequest, memory_budget: int | Non
         "dataset_id": dataset_id,
         "model_config": model_config.model_dump(mode="json"),
         "solver": solver.model_dump(mode="json"),
-        "training": request.training.model_dump(mode="json"),
+        "training": request.resolved_training().model_dump(mode="json"),
         "total": request.training.iterations,
         "device_request": request.device,
         "tags": list(request.tags),

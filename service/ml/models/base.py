@@ -90,6 +90,11 @@ class DensityModel(nn.Module, ABC):
     # lists "flow_matching" implements ``standardise``, ``velocity`` and ``end_time``.
     objectives: ClassVar[tuple[str, ...]] = ("likelihood",)
 
+    @classmethod
+    def training_defaults(cls, objective: str) -> dict[str, float]:
+        """``TrainConfig`` values this model takes where a run leaves them null (``lr``, ``grad_clip``)."""
+        return {"lr": 3e-3, "grad_clip": 0.0}
+
     # True for models whose ``validate`` scores held-out items; ``fit`` then early-stops on it.
     can_validate: ClassVar[bool] = False
 

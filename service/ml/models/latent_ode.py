@@ -70,6 +70,13 @@ __all__ = ["LatentODE", "LatentODEConfig"]
 SeriesInput = SeriesBatch | Sequence[Series]
 
 
+DEFAULT_LR, DEFAULT_GRAD_CLIP = 1e-2, 1.0
+"""Measured with benchmarks/bench_latent_real: at lr 3e-3 (no clipping) noisy spirals stall at a
+forecast RMSE of 0.27 (seed 0) and 0.62 (seed 1) after 1000 steps; lr 1e-2 reaches 0.13 and 0.23,
+but unclipped it destabilises the real series (elnino 2.09 against 0.90 at 300 steps). Clipped at
+norm 1 elnino gives 0.88 and sunspots 60.9 (65.3 before)."""
+
+
 class LatentODE(DensityModel):
     """Latent ODE over series of dimension ``D``; batches are ``SeriesBatch`` or lists of ``Series``."""
 
@@ -78,6 +85,11 @@ class LatentODE(DensityModel):
     data_kind = "series"
     can_validate = True
     VALIDATION_BUFFERS = ("val_rmse", "val_rmse_last_value")
+
+    @classmethod
+    def training_defaults(cls, objective: str) -> dict[str, float]:
+        """lr 1e-2 with the gradient norm clipped at 1 (see ``DEFAULT_LR``)."""
+        return {"lr": DEFAULT_LR, "grad_clip": DEFAULT_GRAD_CLIP}
 
     def __init__(self, config: LatentODEConfig, dim: int, solver: SolverConfig) -> None:
         super().__init__(config, dim, solver)
