@@ -153,7 +153,8 @@ def run_job(
         rlog.info("nothing to do (status %s)", row.status if row else "deleted")
         return None
     rlog.info("attempt %d started on %s (%s)", attempt.attempt, device, worker)
-    config = TrainConfig(**row.training)
+    # Runs recorded before grad_clip existed trained unclipped; new runs record the resolved value.
+    config = TrainConfig(**{"grad_clip": 0.0, **row.training})
     recorder = Recorder(
         attempt,
         settings=settings,

@@ -22,7 +22,7 @@ from service.ml.models import MODELS, DensityModel
 from service.ml.ode import SolverConfig
 from service.ml.rescore import tight_test_nll
 from service.ml.series import SERIES_DATASETS, load_series_dataset, series_data_from_list
-from service.ml.training import ProgressEvent, TrainConfig, fit, init_model
+from service.ml.training import ProgressEvent, TrainConfig, fit, init_model, resolve_training
 
 app = typer.Typer(help="Train and serve continuous-time generative models.", no_args_is_help=True)
 
@@ -139,6 +139,7 @@ def train(
         "max_seconds": max_seconds,
     }
     config = TrainConfig(**{k: v for k, v in train_args.items() if v is not None})
+    config = resolve_training(config, model)  # the checkpoint records the rate that ran
     model_params = _model_config(model, model_config, divergence, hidden_dims)
     data = _load_training_data(dataset, seed)
     if data.kind != MODELS[model].data_kind:

@@ -20,7 +20,7 @@ from service.ml.errors import CheckpointError, ConfigError, DataError, OdeServeE
 from service.ml.models import MODELS
 from service.ml.ode import SolverConfig
 from service.ml.rescore import tight_test_nll
-from service.ml.training import TrainConfig, fit, init_model
+from service.ml.training import TrainConfig, fit, init_model, resolve_training
 from service.plots import (
     density_png,
     flow_gif,
@@ -144,6 +144,7 @@ def _run_one(request: dict[str, Any], cache: dict[tuple[str, int], Any]) -> tupl
     """Train one combination; returns (run dict, (model, config, result)) or a failed run dict."""
     solver = SolverConfig.model_validate(request.get("solver") or {})
     config = TrainConfig.model_validate(request.get("training") or {})
+    config = resolve_training(config, request["model"])  # the checkpoint records the rate that ran
     key = (request["dataset"]["name"], config.seed)
     if key not in cache:
         cache[key] = load_dataset(key[0], seed=config.seed)
