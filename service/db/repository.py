@@ -145,32 +145,16 @@ def list_runs(
     session: Session,
     *,
     limit: int,
-    status: str | None = None,
-    model: str | None = None,
-    dataset: str | None = None,
-    sweep_id: str | None = None,
-    name: str | None = None,
-    tags: Sequence[str] = (),
     sort: RunSort | None = None,
     after: tuple[Any, str] | None = None,
+    **filters: Any,
 ) -> list[RunRow]:
-    """Runs matching every filter, ordered by ``sort`` (default: newest first).
-
-    ``name``: case-insensitive substring of the run's name; ``tags``: the run has every one.
-    ``after`` is the ``(sort value, id)`` of the last row of the previous page.
-    """
+    """Runs matching every filter of ``run_filters.filter_runs`` (status, model, dataset, sweep_id,
+    name, tags), ordered by ``sort`` (default: newest first). ``after`` is the ``(sort value, id)``
+    of the last row of the previous page."""
     sort = sort or parse_sort(None, None)
     dialect = session.get_bind().dialect.name
-    query = filter_runs(
-        select(RunRow).limit(limit),
-        dialect,
-        status=status,
-        model=model,
-        dataset=dataset,
-        sweep_id=sweep_id,
-        name=name,
-        tags=tags,
-    )
+    query = filter_runs(select(RunRow).limit(limit), dialect, **filters)
     return list(session.scalars(sort.apply(query, dialect, after)))
 
 
