@@ -66,8 +66,8 @@ STEP_FACTOR_MIN = 0.5
 
 FLOW_MATCHING_LR = 1e-2
 """Flow matching's default lr. 8gaussians, 30 s, seeds 0/1/2 (benchmarks/bench_train --budget 30):
-the reference's NLL in 0.46x / 0.39x / <0.52x the likelihood default's time at 1e-2, 1.21x /
-1.23x / <0.92x at 3e-3 (the likelihood objective's rate)."""
+the reference's NLL in 0.46x / 0.39x / ~0.55x the likelihood default's time at 1e-2, 1.21x /
+1.23x / ~0.97x at 3e-3 (the likelihood objective's rate)."""
 
 
 class CNFDynamics(nn.Module):
