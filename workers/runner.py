@@ -89,6 +89,12 @@ def _final_train_stats(history: list[dict[str, float]]) -> dict[str, float]:
     return {"train_elbo": sum(tail) / len(tail)} if tail else {}
 
 
+def stored_training(training: dict[str, Any]) -> TrainConfig:
+    """A run's recorded training settings. Runs recorded before ``grad_clip`` existed trained
+    unclipped (new runs record the resolved value), so a missing one means 0, not the default."""
+    return TrainConfig(**{"grad_clip": 0.0, **training})
+
+
 def _on_device(data: TrainingData, device: str) -> TrainingData:
     if device == "cpu" or not isinstance(data, PointData):
         return data
@@ -153,8 +159,7 @@ def run_job(
         rlog.info("nothing to do (status %s)", row.status if row else "deleted")
         return None
     rlog.info("attempt %d started on %s (%s)", attempt.attempt, device, worker)
-    # Runs recorded before grad_clip existed trained unclipped; new runs record the resolved value.
-    config = TrainConfig(**{"grad_clip": 0.0, **row.training})
+    config = stored_training(row.training)
     recorder = Recorder(
         attempt,
         settings=settings,

@@ -61,3 +61,14 @@ def test_trains_on_cuda_and_serves_on_cpu(client, queue, tiny_run, settings, ses
     assert client.get(f"/runs/{run['id']}").json()["device"] == "cuda"
     response = client.get("/density", params={"run_id": run["id"], "x": "0,0"})
     assert response.status_code == 200
+
+
+def test_runs_recorded_before_grad_clip_resume_unclipped() -> None:
+    from service.ml.training import TrainConfig, resolve_training
+    from workers.runner import stored_training
+
+    legacy = {"iterations": 100, "lr": 0.003, "seed": 0}  # a latent ODE run from before grad_clip
+    assert stored_training(legacy).grad_clip == 0.0
+    assert resolve_training(stored_training(legacy), "latent_ode").grad_clip == 0.0
+    recorded = resolve_training(TrainConfig(), "latent_ode").model_dump(mode="json")
+    assert stored_training(recorded).grad_clip == 1.0 and stored_training(recorded).lr == 1e-2
