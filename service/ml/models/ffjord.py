@@ -140,8 +140,9 @@ class FFJORD(DensityModel):
 
     @classmethod
     def training_defaults(cls, objective: str) -> dict[str, float]:
-        """lr 3e-3 (likelihood) or ``FLOW_MATCHING_LR``; no gradient clipping."""
-        return {"lr": FLOW_MATCHING_LR if objective == "flow_matching" else 3e-3, "grad_clip": 0.0}
+        """The shared defaults (lr 3e-3, no clipping), with ``FLOW_MATCHING_LR`` for flow matching."""
+        defaults = super().training_defaults(objective)
+        return (defaults | {"lr": FLOW_MATCHING_LR}) if objective == "flow_matching" else defaults
 
     def __init__(self, config: FFJORDConfig, dim: int, solver: SolverConfig) -> None:
         super().__init__(config, dim, solver)

@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_MAX_INTEGRATION_TIME", "FFJORDConfig", "closed_form_trace", 
 # A learnt T stops here unless configured otherwise: 4 rk4 steps of the default 0.5
 # (benchmarks/bench_train.py: as good as an unbounded T, with fewer NFE once T would pass it).
 DEFAULT_MAX_INTEGRATION_TIME = 2.0
-MIN_DEFAULT_WIDTH, MAX_DEFAULT_WIDTH = 64, 512
+MIN_DEFAULT_WIDTH, MAX_DEFAULT_WIDTH, DEFAULT_LAYERS = 64, 512, 2
 # hidden_dims=None: two layers of 4 D, at least 64. digits (D = 64) with flow matching and fresh
 # dequantisation in 60 s (benchmarks/bench_tabular.py): 2x64 0.855 nats/dim, 2x256 0.713, 2x512
 # overfits sooner; below D = 16 the width stays the measured 2x64 of the toys.
@@ -106,7 +106,12 @@ class FFJORDConfig(BaseModel):
         if self.hidden_dims is not None:
             return tuple(self.hidden_dims)
         width = min(MAX_DEFAULT_WIDTH, max(MIN_DEFAULT_WIDTH, 4 * dim))
-        return (width, width)
+        return (width,) * DEFAULT_LAYERS
+
+    @property
+    def layers(self) -> int:
+        """Number of hidden layers (the default's depth does not depend on the data dimension)."""
+        return DEFAULT_LAYERS if self.hidden_dims is None else len(self.hidden_dims)
 
     @property
     def regularized(self) -> bool:
@@ -115,8 +120,7 @@ class FFJORDConfig(BaseModel):
 
 def closed_form_trace(config: FFJORDConfig) -> bool:
     """Whether the exact trace of this architecture has the closed form of :mod:`service.ml.trace`."""
-    layers = len(config.widths(1))
-    return supports_closed_form(layers, config.time_conditioning == "concatsquash")
+    return supports_closed_form(config.layers, config.time_conditioning == "concatsquash")
 
 
 def lean_floats(config: FFJORDConfig, dim: int) -> int:
